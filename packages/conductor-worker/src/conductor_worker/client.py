@@ -1,0 +1,149 @@
+"""ConductorClient: one configured connection to a Conductor server.
+
+It owns the urllib3 pool, the authentication and the timeouts, and gives typed access to the
+generated APIs (`client.tasks`, `client.workflows`, `client.metadata`, ...) for everything that
+is not running workers: registering definitions, starting workflows, searching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import urllib3
+from conductor_client import (
+    ApiClient,
+    Configuration,
+    EventApi,
+    MetadataApi,
+    TaskApi,
+    WorkflowApi,
+    WorkflowBulkApi,
+)
+from conductor_client.auth import AuthenticatingApiClient
+
+from conductor_worker.settings import AuthenticationSettings, HttpSettings
+
+
+class _TimeoutDefaults:
+    """Mixin: every request gets a timeout, even when the caller of a generated API gives none.
+
+    The generated client sends no timeout by default, so a hung server would hang the caller.
+    """
+
+    default_timeout: urllib3.Timeout
+
+    def call_api(
+        self,
+        method: str,
+        url: str,
+        header_params: Any = None,
+        body: Any = None,
+        post_params: Any = None,
+        _request_timeout: Any = None,
+    ) -> Any:
+        return super().call_api(  # type: ignore[misc]
+            method,
+            url,
+            header_params,
+            body,
+            post_params,
+            _request_timeout if _request_timeout is not None else self.default_timeout,
+        )
+
+
+class _PlainApiClient(_TimeoutDefaults, ApiClient):  # type: ignore[misc]
+    pass
+
+
+class _AuthApiClient(_TimeoutDefaults, AuthenticatingApiClient):  # type: ignore[misc]
+    pass
+
+
+class ConductorClient:
+    """A connection to one Conductor server.
+
+    >>> client = ConductorClient(http=HttpSettings("http://localhost:8080/api"))
+    >>> client = ConductorClient(AuthenticationSettings(key_id, key_secret), HttpSettings(url))
+    >>> client = ConductorClient.from_env()
+
+    Thread-safe; share one per process. `close()` (or `with`) releases its connections.
+    """
+
+    def __init__(
+        self,
+        auth: AuthenticationSettings | None = None,
+        http: HttpSettings | None = None,
+    ) -> None:
+        self.auth = auth
+        self.http = http or HttpSettings()
+        configuration = Configuration(host=self.http.base_url)
+        configuration.verify_ssl = self.http.verify_tls
+        configuration.ssl_ca_cert = self.http.ca_bundle
+        # The runner decides when a retry helps; the pool must not retry blindly underneath.
+        configuration.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=2, status=0)
+        configuration.connection_pool_maxsize = self.http.pool_size
+        api_client: ApiClient
+        if auth is None:
+            api_client = _PlainApiClient(configuration)
+        else:
+            api_client = _AuthApiClient(configuration, auth.key_id, auth.key_secret)
+        api_client.default_timeout = urllib3.Timeout(  # type: ignore[attr-defined]
+            connect=self.http.connect_timeout_seconds, read=self.http.timeout_seconds
+        )
+        for name, value in self.http.headers.items():
+            api_client.set_default_header(name, value)
+        self.api_client: ApiClient = api_client
+        self._apis: dict[type[Any], Any] = {}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ConductorClient:
+        """From CONDUCTOR_SERVER_URL, CONDUCTOR_AUTH_KEY and CONDUCTOR_AUTH_SECRET."""
+        return cls(AuthenticationSettings.from_env(environ), HttpSettings.from_env(environ))
+
+    def __repr__(self) -> str:
+        auth = "with auth" if self.auth else "no auth"
+        return f"ConductorClient({self.http.base_url!r}, {auth})"
+
+    def ensure_pool_size(self, size: int) -> None:
+        """Keep at least `size` connections per host (the runner sizes it to its concurrency)."""
+        manager = self.api_client.rest_client.pool_manager
+        if manager.connection_pool_kw.get("maxsize", 1) < size:
+            manager.connection_pool_kw["maxsize"] = size
+            manager.clear()  # pools are rebuilt lazily with the new size
+
+    def _api(self, cls: type[Any]) -> Any:
+        api = self._apis.get(cls)
+        if api is None:
+            api = self._apis[cls] = cls(self.api_client)
+        return api
+
+    @property
+    def tasks(self) -> TaskApi:
+        return self._api(TaskApi)  # type: ignore[no-any-return]
+
+    @property
+    def workflows(self) -> WorkflowApi:
+        return self._api(WorkflowApi)  # type: ignore[no-any-return]
+
+    @property
+    def workflow_bulk(self) -> WorkflowBulkApi:
+        return self._api(WorkflowBulkApi)  # type: ignore[no-any-return]
+
+    @property
+    def metadata(self) -> MetadataApi:
+        return self._api(MetadataApi)  # type: ignore[no-any-return]
+
+    @property
+    def events(self) -> EventApi:
+        return self._api(EventApi)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.api_client.rest_client.pool_manager.clear()
+
+    def __enter__(self) -> ConductorClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+

@@ -1,0 +1,100 @@
+"""Where worker code runs: a growing pool of daemon threads, and one event loop thread.
+
+Daemon threads, so that a forced exit (a second Ctrl-C) is not held up by a worker that never
+returns; the graceful path waits for them explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ThreadPool:
+    """Runs submitted callables; starts a thread only when none is idle.
+
+    The runner bounds concurrency with its slots, so the pool itself needs no limit: it grows
+    to the peak number of tasks running at once and keeps those threads.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the thread pool is closed")
+            if self._idle:
+                self._idle -= 1  # that thread is now reserved for this job
+            else:
+                thread = threading.Thread(
+                    target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        self._jobs.put((fn, args))
+
+    @property
+    def size(self) -> int:
+        return len(self._threads)
+
+    def close(self) -> None:
+        """Let idle threads exit; running jobs finish on their own."""
+        with self._lock:
+            self._closed = True
+            count = len(self._threads)
+        for _ in range(count):
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, args = job
+            try:
+                fn(*args)
+            except BaseException:  # the job is expected to handle its own errors
+                log.exception("unexpected error in %s", threading.current_thread().name)
+            with self._lock:
+                self._idle += 1
+
+
+class EventLoopThread:
+    """One asyncio event loop in a daemon thread, for `async def` workers."""
+
+    def __init__(self, name: str = "conductor-asyncio") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.loop.close()

@@ -1,0 +1,224 @@
+"""The runner's calls to the server: batch poll, update, update-v2, lease extension.
+
+This is the one place where the worker talks to the server on its hot path. It uses the
+ConductorClient's urllib3 pool and authentication, but sends pre-encoded JSON and parses
+answers itself: the generated API methods validate every argument with pydantic and encode
+the body again, which costs more than the rest of a task's handling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import pydantic
+import urllib3
+from conductor_client.models import Task
+
+from conductor_worker.client import ConductorClient
+from conductor_worker.errors import ConductorWorkerError
+
+log = logging.getLogger(__name__)
+
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class ServerError(ConductorWorkerError):
+    """A call to the server failed.
+
+    kind: a short label for metrics and logs: "timeout", "connection", "http_<status>",
+        "malformed_response".
+    retryable: whether the same call may succeed if tried again (network trouble, 5xx, 429).
+    """
+
+    def __init__(
+        self, message: str, *, kind: str, status: int | None = None, retryable: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedTask:
+    """A task in a poll answer that does not fit the Task model (a broken or hostile server).
+
+    The server has already handed it to us, so the runner reports it as failed rather than
+    letting it sit until its response timeout.
+    """
+
+    raw: Mapping[str, Any]
+    error: str
+
+    @property
+    def task_id(self) -> str | None:
+        value = self.raw.get("taskId")
+        return value if isinstance(value, str) else None
+
+    @property
+    def workflow_instance_id(self) -> str | None:
+        value = self.raw.get("workflowInstanceId")
+        return value if isinstance(value, str) else None
+
+
+class Transport:
+    def __init__(self, client: ConductorClient) -> None:
+        self.client = client
+        self._api = client.api_client
+        self._base = client.http.base_url
+        self._timeout = client.http.timeout_seconds
+        self._connect_timeout = client.http.connect_timeout_seconds
+        # Unknown until the first update: servers before 3.21.12 have no update-v2.
+        self.update_v2_supported: bool | None = None
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def batch_poll(
+        self,
+        task_type: str,
+        *,
+        worker_id: str,
+        domain: str | None,
+        count: int,
+        timeout_seconds: float,
+    ) -> tuple[list[Task], list[MalformedTask]]:
+        query: dict[str, Any] = {
+            "workerid": worker_id,
+            "count": count,
+            "timeout": int(timeout_seconds * 1000),
+        }
+        if domain:
+            query["domain"] = domain
+        path = f"/tasks/poll/batch/{quote(task_type, safe='')}?{urlencode(query)}"
+        status, data = self._request(
+            "GET", path, None, read_timeout=self._timeout + timeout_seconds
+        )
+        if status == 204 or not data:
+            return [], []  # older servers answer an empty poll with 204
+        items = self._parse_json(data, path)
+        if not isinstance(items, list):
+            raise ServerError(
+                f"poll for {task_type!r} answered {type(items).__name__}, not a list",
+                kind="malformed_response",
+            )
+        return parse_tasks(items)
+
+    def update(self, body: bytes, *, take_next: bool) -> Task | MalformedTask | None:
+        """Report a result. With take_next (update-v2), the server may answer the next task of
+        the same type, already assigned to us; the caller must run it."""
+        if take_next and self.update_v2_supported is not False:
+            try:
+                status, data = self._request("POST", "/tasks/update-v2", body)
+            except ServerError as error:
+                if not _means_no_update_v2(error):
+                    raise
+                log.info("the server has no update-v2 (%s); using POST /tasks", error)
+                self.update_v2_supported = False
+            else:
+                self.update_v2_supported = True
+                if status == 204 or not data:
+                    return None
+                raw = self._parse_json(data, "/tasks/update-v2")
+                if not isinstance(raw, dict):
+                    return None
+                tasks, malformed = parse_tasks([raw])
+                return tasks[0] if tasks else malformed[0]
+        self._request("POST", "/tasks", body)
+        return None
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _request(
+        self, method: str, path: str, body: bytes | None, *, read_timeout: float | None = None
+    ) -> tuple[int, bytes]:
+        url = self._base + path
+        timeout = urllib3.Timeout(connect=self._connect_timeout, read=read_timeout or self._timeout)
+        headers = dict(self._api.default_headers)
+        headers.update(JSON_HEADERS)
+        try:
+            response = self._send(method, url, headers, body, timeout)
+        except urllib3.exceptions.TimeoutError as error:
+            raise ServerError(
+                f"{method} {path}: timed out ({error})", kind="timeout", retryable=True
+            ) from None
+        except urllib3.exceptions.HTTPError as error:
+            raise ServerError(
+                f"{method} {path}: {type(error).__name__}: {error}",
+                kind="connection",
+                retryable=True,
+            ) from None
+        status = response.status
+        if 200 <= status < 300:
+            return status, response.data
+        text = response.data[:500].decode("utf-8", "replace")
+        raise ServerError(
+            f"{method} {path}: HTTP {status}: {text}",
+            kind=f"http_{status}",
+            status=status,
+            retryable=status in RETRYABLE_STATUSES,
+        )
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout: urllib3.Timeout,
+    ) -> urllib3.BaseHTTPResponse:
+        send_authenticated = getattr(self._api, "send_authenticated", None)
+        pool = self._api.rest_client.pool_manager
+        if send_authenticated is None:
+            return pool.request(method, url, body=body, headers=headers, timeout=timeout)
+
+        def send(auth_headers: Mapping[str, str]) -> urllib3.BaseHTTPResponse:
+            return pool.request(
+                method, url, body=body, headers={**headers, **auth_headers}, timeout=timeout
+            )
+
+        return send_authenticated(send)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _parse_json(data: bytes, what: str) -> Any:
+        try:
+            return json.loads(data)
+        except ValueError as error:
+            snippet = data[:120].decode("utf-8", "replace")
+            raise ServerError(
+                f"{what}: the server's answer is not JSON ({error}): {snippet!r}",
+                kind="malformed_response",
+            ) from None
+
+
+def parse_tasks(items: list[Any]) -> tuple[list[Task], list[MalformedTask]]:
+    """Validate each polled task on its own, so one bad task does not lose the others."""
+    tasks: list[Task] = []
+    malformed: list[MalformedTask] = []
+    for item in items:
+        if not isinstance(item, dict):
+            malformed.append(MalformedTask({}, f"a task must be a JSON object, got {item!r:.80}"))
+            continue
+        try:
+            tasks.append(Task.model_validate(item))
+        except pydantic.ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            malformed.append(
+                MalformedTask(item, f"malformed task from server: {where}: {first['msg']}")
+            )
+    return tasks, malformed
+
+
+def _means_no_update_v2(error: ServerError) -> bool:
+    # Before 3.21.12 there is no such route: 405 (the path matches GET /tasks/{taskId}) or a
+    # framework 404. A 404 for a missing task is Conductor's own ("No such task found ...").
+    if error.status == 405:
+        return True
+    text = str(error)
+    return error.status == 404 and ("No static resource" in text or '"Not Found"' in text)
