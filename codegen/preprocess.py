@@ -285,7 +285,9 @@ def _base_path_api(spec: JSON) -> None:
     # (/health duplicates /api/health) are dropped.
     spec["servers"] = [{"url": "http://localhost:8080/api"}]
     spec["paths"] = {
-        path[len("/api") :]: item for path, item in spec["paths"].items() if path.startswith("/api/")
+        path[len("/api") :]: item
+        for path, item in spec["paths"].items()
+        if path.startswith("/api/")
     }
 
 
@@ -293,7 +295,10 @@ def _empty_batch_poll_is_a_list(spec: JSON) -> None:
     # Servers older than 3.21.20 answer an empty batch poll with 204 and no body. Declaring the
     # 204 with the same list type makes the client return [] for it instead of None.
     responses = spec["paths"]["/tasks/poll/batch/{tasktype}"]["get"]["responses"]
-    responses["204"] = {"description": "No task (older servers)", "content": responses["200"]["content"]}
+    responses["204"] = {
+        "description": "No task (older servers)",
+        "content": responses["200"]["content"],
+    }
 
 
 def _task_log_is_plain_text(spec: JSON) -> None:

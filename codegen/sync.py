@@ -27,9 +27,14 @@ def files(root: Path, keep: set[str]) -> set[str]:
     found = set()
     for path in root.rglob("*"):
         rel = path.relative_to(root)
-        if path.is_file() and not IGNORED_PARTS & set(rel.parts) and rel.as_posix() not in keep:
-            if not rel.name.endswith((".pyc", ".egg-info")) and ".egg-info" not in str(rel):
-                found.add(rel.as_posix())
+        if (
+            path.is_file()
+            and not IGNORED_PARTS & set(rel.parts)
+            and rel.as_posix() not in keep
+            and not rel.name.endswith(".pyc")
+            and ".egg-info" not in str(rel)
+        ):
+            found.add(rel.as_posix())
     return found
 
 

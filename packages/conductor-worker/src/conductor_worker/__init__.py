@@ -11,7 +11,6 @@ Nothing here runs at import: no logging set-up, no threads, no environment reads
 from __future__ import annotations
 
 from conductor_client.models import Task, TaskResult, TaskResultStatus
-
 from conductor_worker.client import ConductorClient
 from conductor_worker.context import (
     NoTaskContextError,
@@ -20,6 +19,7 @@ from conductor_worker.context import (
     new_task_result,
     task_context,
 )
+from conductor_worker.declarations import WorkerDeclaration, worker_task
 from conductor_worker.delivery import PendingResult, RetryPolicy
 from conductor_worker.errors import (
     ConductorWorkerError,
@@ -45,6 +45,8 @@ __all__ = [
     "RunnerState",
     "TaskRunner",
     "WorkerOptions",
+    "WorkerDeclaration",
+    "worker_task",
     # inside a worker
     "NoTaskContextError",
     "TaskContext",

@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import pydantic
+
 from conductor_worker.errors import InputBindingError
 
 __all__ = ["InputBinder", "InputBindingError"]

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import urllib3
+
 from conductor_client import (
     ApiClient,
     Configuration,
@@ -21,7 +22,6 @@ from conductor_client import (
     WorkflowBulkApi,
 )
 from conductor_client.auth import AuthenticatingApiClient
-
 from conductor_worker.settings import AuthenticationSettings, HttpSettings
 
 
@@ -52,11 +52,11 @@ class _TimeoutDefaults:
         )
 
 
-class _PlainApiClient(_TimeoutDefaults, ApiClient):  # type: ignore[misc]
+class _PlainApiClient(_TimeoutDefaults, ApiClient):
     pass
 
 
-class _AuthApiClient(_TimeoutDefaults, AuthenticatingApiClient):  # type: ignore[misc]
+class _AuthApiClient(_TimeoutDefaults, AuthenticatingApiClient):
     pass
 
 
@@ -83,16 +83,16 @@ class ConductorClient:
         # The runner decides when a retry helps; the pool must not retry blindly underneath.
         configuration.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=2, status=0)
         configuration.connection_pool_maxsize = self.http.pool_size
-        api_client: ApiClient
+        api_client: _PlainApiClient | _AuthApiClient
         if auth is None:
             api_client = _PlainApiClient(configuration)
         else:
             api_client = _AuthApiClient(configuration, auth.key_id, auth.key_secret)
-        api_client.default_timeout = urllib3.Timeout(  # type: ignore[attr-defined]
+        api_client.default_timeout = urllib3.Timeout(
             connect=self.http.connect_timeout_seconds, read=self.http.timeout_seconds
         )
         for name, value in self.http.headers.items():
-            api_client.set_default_header(name, value)
+            api_client.default_headers[name] = value
         self.api_client: ApiClient = api_client
         self._apis: dict[type[Any], Any] = {}
 
@@ -146,4 +146,3 @@ class ConductorClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-

@@ -14,7 +14,6 @@ from contextvars import ContextVar
 from typing import Any
 
 from conductor_client.models import Task, TaskResult, TaskResultStatus
-
 from conductor_worker.errors import ConductorWorkerError
 
 _current: ContextVar[TaskContext] = ContextVar("conductor_task_context")
@@ -102,9 +101,7 @@ def new_task_result(
     )
 
 
-def in_progress(
-    callback_after_seconds: int, output: Mapping[str, Any] | None = None
-) -> TaskResult:
+def in_progress(callback_after_seconds: int, output: Mapping[str, Any] | None = None) -> TaskResult:
     """Hand the running task back to the server, to be polled again after the callback.
 
     >>> def long_running(task: Task) -> TaskResult:

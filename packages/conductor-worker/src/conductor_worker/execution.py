@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conductor_client.models import Task, TaskResult, TaskResultStatus
-
 from conductor_worker.binding import InputBinder
 from conductor_worker.context import TaskContext, _current
 from conductor_worker.errors import (

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from conductor_client.models import Task, TaskResult, TaskResultStatus
-
 from conductor_worker.client import ConductorClient
 from conductor_worker.options import default_worker_id
 from conductor_worker.serialization import to_output_data

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from conductor_client.models import Task
-
 from conductor_worker.transport import ServerError, Transport
 
 log = logging.getLogger(__name__)
@@ -84,9 +83,7 @@ class LeaseKeeper:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and (
-                    not self._heap or self._heap[0][0] > time.monotonic()
-                ):
+                while not self._closed and (not self._heap or self._heap[0][0] > time.monotonic()):
                     timeout = self._heap[0][0] - time.monotonic() if self._heap else None
                     self._cond.wait(timeout)
                 if self._closed:

@@ -120,7 +120,9 @@ class TaskTypeMetrics:
         self.paused = m.paused.labels(task_type)
 
     def poll_failed(self, status: str, after_failures: bool) -> None:
-        self._m.poll_error.labels(self.task_type, "true" if after_failures else "false", status).inc()
+        self._m.poll_error.labels(
+            self.task_type, "true" if after_failures else "false", status
+        ).inc()
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,13 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
-from conductor_client.models import Task
 from prometheus_client import CollectorRegistry
 
+from conductor_client.models import Task
 from conductor_worker.client import ConductorClient
 from conductor_worker.concurrency import EventLoopThread, ThreadPool
 from conductor_worker.context import TaskContext
+from conductor_worker.declarations import declarations_of, unique
 from conductor_worker.delivery import PendingResult, Redelivery, RetryPolicy, UndeliveredHook
 from conductor_worker.errors import ConfigurationError
 from conductor_worker.execution import (
@@ -169,13 +170,21 @@ class TaskRunner:
             f", domain {options.domain}" if options.domain else "",
         )  # fmt: skip
 
+    def start_workers(self, *declared: object) -> int:
+        """Start the workers declared with @worker_task: pass functions, WorkerDeclarations or
+        modules (every declaration in them). Returns how many workers were started."""
+        found = unique(d for obj in declared for d in declarations_of(obj))
+        for declaration in found:
+            self.start_worker(declaration.task_type, declaration.fn, **declaration.options)
+        return len(found)
+
     def wait_workers(self, *, handle_signals: bool = True) -> None:
         """Block until the runner has stopped.
 
         With handle_signals (and when called from the main thread), SIGINT and SIGTERM start a
         graceful shutdown; a second signal exits at once.
         """
-        restore: list[tuple[int, Any]] = []
+        restore: list[tuple[signal.Signals, Any]] = []
         if handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 restore.append((sig, signal.signal(sig, self._on_signal)))
@@ -183,8 +192,8 @@ class TaskRunner:
             while not self._stopped.wait(0.25):
                 pass
         finally:
-            for sig, previous in restore:
-                signal.signal(sig, previous)
+            for signum, previous in restore:
+                signal.signal(signum, previous)
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Stop polling, finish running tasks and deliver their results, then stop.

@@ -69,6 +69,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import pydantic
+
 from conductor_worker.errors import OutputSerializationError
 
 __all__ = [

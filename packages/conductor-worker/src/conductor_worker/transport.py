@@ -17,8 +17,8 @@ from urllib.parse import quote, urlencode
 
 import pydantic
 import urllib3
-from conductor_client.models import Task
 
+from conductor_client.models import Task
 from conductor_worker.client import ConductorClient
 from conductor_worker.errors import ConductorWorkerError
 
