@@ -18,6 +18,13 @@ from urllib.parse import quote, urlencode
 import pydantic
 import urllib3
 
+from conductor_client.auth import (
+    TOKEN_HEADER,
+    AuthenticatingApiClient,
+    AuthenticationError,
+    TokenProvider,
+    token_rejection,
+)
 from conductor_client.models import Task
 from conductor_worker.client import ConductorClient
 from conductor_worker.errors import ConductorWorkerError
@@ -67,6 +74,17 @@ class MalformedTask:
         return value if isinstance(value, str) else None
 
 
+@dataclass(slots=True)
+class _Buffered:
+    """A response whose body was already read, in the shape auth's rejection check reads."""
+
+    status: int
+    data: bytes
+
+    def read(self) -> bytes:
+        return self.data
+
+
 class Transport:
     def __init__(self, client: ConductorClient) -> None:
         self.client = client
@@ -74,6 +92,9 @@ class Transport:
         self._base = client.http.base_url
         self._timeout = client.http.timeout_seconds
         self._connect_timeout = client.http.connect_timeout_seconds
+        self._tokens: TokenProvider | None = (
+            self._api.token_provider if isinstance(self._api, AuthenticatingApiClient) else None
+        )
         # Unknown until the first update: servers before 3.21.12 have no update-v2.
         self.update_v2_supported: bool | None = None
 
@@ -143,6 +164,13 @@ class Transport:
         headers.update(JSON_HEADERS)
         try:
             response = self._send(method, url, headers, body, timeout)
+        except AuthenticationError as error:
+            raise ServerError(
+                f"{method} {path}: {error}",
+                kind="auth",
+                status=error.status,
+                retryable=error.status is None or error.status >= 500,
+            ) from None
         except urllib3.exceptions.TimeoutError as error:
             raise ServerError(
                 f"{method} {path}: timed out ({error})", kind="timeout", retryable=True
@@ -172,17 +200,25 @@ class Transport:
         body: bytes | None,
         timeout: urllib3.Timeout,
     ) -> urllib3.BaseHTTPResponse:
-        send_authenticated = getattr(self._api, "send_authenticated", None)
         pool = self._api.rest_client.pool_manager
-        if send_authenticated is None:
+        provider = self._tokens
+        if provider is None:
             return pool.request(method, url, body=body, headers=headers, timeout=timeout)
-
-        def send(auth_headers: Mapping[str, str]) -> urllib3.BaseHTTPResponse:
-            return pool.request(
-                method, url, body=body, headers={**headers, **auth_headers}, timeout=timeout
-            )
-
-        return send_authenticated(send)  # type: ignore[no-any-return]
+        token = provider.get_token()
+        if token is not None:
+            headers[TOKEN_HEADER] = token
+        response = pool.request(method, url, body=body, headers=headers, timeout=timeout)
+        if token is None or response.status not in (401, 403):
+            return response
+        if token_rejection(_Buffered(response.status, response.data)) is None:
+            return response
+        # The token expired or was revoked: one new token, one retry (as the generated
+        # client does through AuthenticatingApiClient).
+        provider.invalidate(token)
+        token = provider.get_token()
+        if token is not None:
+            headers[TOKEN_HEADER] = token
+        return pool.request(method, url, body=body, headers=headers, timeout=timeout)
 
     @staticmethod
     def _parse_json(data: bytes, what: str) -> Any:
