@@ -29,7 +29,13 @@ from conductor_worker.errors import (
     OutputSerializationError,
 )
 from conductor_worker.executor import TaskExecutor
-from conductor_worker.metrics import MetricsServer, MetricsSettings, start_metrics_server
+from conductor_worker.metrics import (
+    MetricsServer,
+    MetricsSettings,
+    WorkerMetrics,
+    metrics_for,
+    start_metrics_server,
+)
 from conductor_worker.options import WorkerOptions
 from conductor_worker.runner import RunnerState, TaskRunner
 from conductor_worker.settings import AuthenticationSettings, HttpSettings
@@ -62,6 +68,8 @@ __all__ = [
     # metrics
     "MetricsServer",
     "MetricsSettings",
+    "WorkerMetrics",
+    "metrics_for",
     "start_metrics_server",
     # delivery
     "PendingResult",

@@ -214,7 +214,7 @@ class TaskRunner:
                 worker.stop()
             for worker in workers:
                 worker.join_poller(deadline)
-            clean = all(worker.wait_idle(deadline) for worker in workers)
+            clean = all([worker.wait_idle(deadline) for worker in workers])
             clean = self._redelivery.drain(deadline) and clean
             for worker in workers:
                 for task_id, workflow_id in worker.running():
@@ -223,6 +223,8 @@ class TaskRunner:
                         "period; the server will time it out and retry it per its definition",
                         task_id, workflow_id, worker.task_type, grace,
                     )  # fmt: skip
+            for worker in workers:
+                worker.metrics.unwatch(worker)
             left = self._redelivery.close()
             self._leases.close()
             self._pool.close()
@@ -330,9 +332,7 @@ class _TaskTypeWorker:
         self._stopping = False
         self._running: dict[str, str] = {}  # task id -> workflow id
         self.metrics: TaskTypeMetrics = runner._metrics.for_task_type(task_type)
-        self.metrics.in_flight.set_function(lambda: self.busy)
-        self.metrics.free_slots.set_function(lambda: max(0, self.capacity - self.busy))
-        self.metrics.paused.set_function(lambda: 1 if self.paused else 0)
+        self.metrics.watch(self)  # in_flight, free_slots and paused read this worker
         self._thread = threading.Thread(
             target=self._poll_loop, name=f"conductor-poll-{task_type}", daemon=True
         )
@@ -429,6 +429,7 @@ class _TaskTypeWorker:
                 continue
             except Exception:
                 log.exception("unexpected error polling for %r", self.task_type)
+                metrics.poll_failed("unexpected", failures > 0)
                 failures += 1
                 self._sleep(MAX_ERROR_BACKOFF_SECONDS)
                 continue
@@ -485,10 +486,11 @@ class _TaskTypeWorker:
         try:
             while task is not None:
                 context, lease = self._begin(task)
+                started = time.perf_counter()
                 try:
                     outcome = execute_sync(self.function, context)
                 except BaseException as error:  # SystemExit and the like, raised by user code
-                    outcome = Outcome(task, FAILED, reason=repr(error), error_kind="exception")
+                    outcome = _escaped(task, error, started)
                 self._end(task, lease, outcome)
                 task = self._deliver(outcome)
         finally:
@@ -500,10 +502,11 @@ class _TaskTypeWorker:
         try:
             while task is not None:
                 context, lease = self._begin(task)
+                started = time.perf_counter()
                 try:
                     outcome = await execute_async(self.function, context)
                 except BaseException as error:  # cancellation at exit, SystemExit
-                    outcome = Outcome(task, FAILED, reason=repr(error), error_kind="exception")
+                    outcome = _escaped(task, error, started)
                 self._end(task, lease, outcome)
                 future: Any = loop.loop.create_future()
                 self.runner._pool.submit(self._deliver_to_future, outcome, future)
@@ -522,13 +525,14 @@ class _TaskTypeWorker:
 
     # -- reporting -----------------------------------------------------------------------
 
-    def _deliver(self, outcome: Outcome) -> Task | None:
+    def _deliver(self, outcome: Outcome, *, take_next: bool = True) -> Task | None:
         """Report an outcome; returns the next task when the server handed one over."""
         task = outcome.task
         body = outcome.encode(self.worker_id)
         self.metrics.result_size.observe(len(outcome.output_json))
         take_next = (
-            outcome.terminal
+            take_next
+            and outcome.terminal
             and not self.paused
             and not self._stopping
             and self.runner._state is RunnerState.RUNNING
@@ -536,7 +540,10 @@ class _TaskTypeWorker:
         started = time.perf_counter()
         try:
             following = self.runner._transport.update(body, take_next=take_next)
-        except ServerError as error:
+        except Exception as error:
+            if not isinstance(error, ServerError):
+                log.exception("unexpected error reporting task %s", task.task_id)
+                error = ServerError(repr(error), kind="unexpected")
             self.metrics.update_error.inc()
             pending = PendingResult(
                 self.task_type, task.task_id or "", task.workflow_instance_id or "", body
@@ -552,7 +559,10 @@ class _TaskTypeWorker:
         return following
 
     def _report_malformed(self, broken: MalformedTask) -> None:
-        """A task the server handed out that we cannot read: fail it so it is not stuck."""
+        """A task the server handed out that we cannot read: fail it so it is not stuck.
+
+        Not counted as an execution (nothing ran); its report counts as any other.
+        """
         if not broken.task_id or not broken.workflow_instance_id:
             log.error("unusable task from the server, without ids: %s", broken.error)
             return
@@ -562,14 +572,19 @@ class _TaskTypeWorker:
         task = Task.model_construct(
             task_id=broken.task_id, workflow_instance_id=broken.workflow_instance_id
         )
-        self.metrics.execute_error.inc()
         outcome = Outcome(task, FAILED, reason=broken.error, error_kind="bad_input")
-        body = outcome.encode(self.worker_id)
-        try:
-            self.runner._transport.update(body, take_next=False)
-        except ServerError as error:
-            self.metrics.update_error.inc()
-            pending = PendingResult(
-                self.task_type, broken.task_id, broken.workflow_instance_id, body
-            )
-            self.runner._redelivery.submit(pending, error)
+        self.runner._pool.submit(self._deliver_malformed, outcome)
+
+    def _deliver_malformed(self, outcome: Outcome) -> None:
+        self._deliver(outcome, take_next=False)
+
+
+def _escaped(task: Task, error: BaseException, started: float) -> Outcome:
+    """An outcome for a BaseException that got past the worker (SystemExit, cancellation)."""
+    return Outcome(
+        task,
+        FAILED,
+        reason=repr(error),
+        error_kind="exception",
+        duration_seconds=time.perf_counter() - started,
+    )
