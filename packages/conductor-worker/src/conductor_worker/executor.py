@@ -59,7 +59,9 @@ class TaskExecutor:
     ) -> str | None:
         """Set the status and output of the workflow's pending task with this reference name.
 
-        Returns the task id, or None when the workflow has no pending task by that name.
+        The server merges `output` into the task's existing outputData (update_task by id
+        replaces it). Returns the task id, or None when the workflow has no pending task by
+        that name.
         """
         task_id = self.client.tasks.update_task_by_ref_name(
             workflow_instance_id,

@@ -237,7 +237,11 @@ class TaskRunner:
             return self._clean_shutdown
 
     def pause(self, task_type: str) -> None:
-        """Stop polling for `task_type` (running tasks finish); resume() starts again."""
+        """Stop polling for `task_type`; resume() starts again.
+
+        Running tasks finish. A long poll already open when pause() is called may still bring
+        tasks (within poll_timeout seconds); they run, since the server has handed them over.
+        """
         self._worker(task_type).set_paused(True)
 
     def resume(self, task_type: str) -> None:
