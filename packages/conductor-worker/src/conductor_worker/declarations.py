@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,7 +77,18 @@ def declarations_of(obj: object) -> list[WorkerDeclaration]:
             ):
                 found.extend(value)
         return unique(found)
-    return list(getattr(obj, ATTRIBUTE, ()))
+    return [_outermost(obj, d) for d in getattr(obj, ATTRIBUTE, ())]
+
+
+def _outermost(obj: object, declaration: WorkerDeclaration) -> WorkerDeclaration:
+    """functools.wraps copies our attribute onto a wrapper (@traced over @worker_task): run
+    the wrapper, which is what the module exposes, not the function inside it."""
+    inner: object = obj
+    while inner is not declaration.fn and hasattr(inner, "__wrapped__"):
+        inner = inner.__wrapped__
+    if inner is declaration.fn and obj is not declaration.fn and callable(obj):
+        return replace(declaration, fn=obj)
+    return declaration
 
 
 def unique(declarations: Iterable[WorkerDeclaration]) -> list[WorkerDeclaration]:

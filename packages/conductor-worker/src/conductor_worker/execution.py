@@ -125,18 +125,21 @@ async def execute_async(worker: WorkerFunction, context: TaskContext) -> Outcome
     one loop each see their own task.
     """
     started = time.perf_counter()
-    _current.set(context)
+    token = _current.set(context)
     try:
-        args, kwargs = worker.binder.bind(context.task)
-    except InputBindingError as error:
-        return _failure(context, TERMINAL, error, "bad_input", started)
-    try:
-        value = await worker.fn(*args, **kwargs)
-    except NonRetryableError as error:
-        return _failure(context, TERMINAL, error, "non_retryable", started)
-    except Exception as error:
-        return _failure(context, FAILED, error, "exception", started)
-    return _success(context, value, started)
+        try:
+            args, kwargs = worker.binder.bind(context.task)
+        except InputBindingError as error:
+            return _failure(context, TERMINAL, error, "bad_input", started)
+        try:
+            value = await worker.fn(*args, **kwargs)
+        except NonRetryableError as error:
+            return _failure(context, TERMINAL, error, "non_retryable", started)
+        except Exception as error:
+            return _failure(context, FAILED, error, "exception", started)
+        return _success(context, value, started)
+    finally:
+        _current.reset(token)
 
 
 def _success(context: TaskContext, value: object, started: float) -> Outcome:
@@ -195,7 +198,7 @@ def _failure(
     if with_traceback:
         text = "".join(traceback.format_exception(error))
         if len(text) > MAX_TRACEBACK_CHARS:
-            text = "...\n" + text[-MAX_TRACEBACK_CHARS:]
+            text = "...\n" + text[-(MAX_TRACEBACK_CHARS - 4) :]
         logs = [
             *logs,
             {"log": text, "taskId": context.task_id, "createdTime": int(time.time() * 1000)},

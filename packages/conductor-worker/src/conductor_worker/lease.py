@@ -115,3 +115,5 @@ class LeaseKeeper:
                 "could not extend the lease of task %s (workflow %s): %s",
                 task.task_id, task.workflow_instance_id, error,
             )  # fmt: skip
+        except Exception:  # a bug must not stop the heartbeats of every other task
+            log.exception("unexpected error extending the lease of task %s", task.task_id)

@@ -14,6 +14,7 @@ WORKER_ID, PAUSED (true/false), LEASE_EXTENSION (true/false).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -57,14 +58,16 @@ class WorkerOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.poll_interval_seconds < 0:
-            raise ConfigurationError("poll_interval_seconds must not be negative")
+        if not (math.isfinite(self.poll_interval_seconds) and self.poll_interval_seconds >= 0):
+            raise ConfigurationError(
+                f"poll_interval_seconds must not be negative or infinite, got {self.poll_interval_seconds}"
+            )
         if not 0 <= self.poll_timeout_seconds <= MAX_POLL_TIMEOUT_SECONDS:
             raise ConfigurationError(
                 f"poll_timeout_seconds must be between 0 and {MAX_POLL_TIMEOUT_SECONDS:g} "
                 f"(the server's limit), got {self.poll_timeout_seconds}"
             )
-        if self.worker_id is None:
+        if not self.worker_id:
             object.__setattr__(self, "worker_id", default_worker_id())
         if self.domain == "":
             object.__setattr__(self, "domain", None)
@@ -100,14 +103,13 @@ def apply_environment(
 ) -> WorkerOptions:
     """The options for `task_type` with environment overrides applied (see module docs)."""
     env = os.environ if environ is None else environ
-    changes: dict[str, Any] = {}
     prefixes = ("CONDUCTOR_WORKER_", f"CONDUCTOR_WORKER_{env_key(task_type)}_")
     for suffix, (name, parse) in _PARSERS.items():
         for prefix in prefixes:  # the task-type specific one is applied last and wins
             variable = prefix + suffix
             if variable in env:
                 try:
-                    changes[name] = parse(env[variable])
-                except ValueError as error:
+                    options = replace(options, **{name: parse(env[variable])})
+                except ValueError as error:  # ConfigurationError is a ValueError too
                     raise ConfigurationError(f"{variable}: {error}") from None
-    return replace(options, **changes) if changes else options
+    return options

@@ -6,9 +6,11 @@ construction; reading the environment is always an explicit `from_env()` call.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from conductor_worker.errors import ConfigurationError
 
@@ -67,15 +69,20 @@ class HttpSettings:
     ca_bundle: str | None = None
     verify_tls: bool = True
     pool_size: int = 10
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold tokens
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
+        if (
+            not self.base_url.startswith(("http://", "https://"))
+            or not urlsplit(self.base_url).netloc
+        ):
             raise ConfigurationError(
                 f"base_url must start with http:// or https://, got {self.base_url!r}"
             )
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
-        if self.timeout_seconds <= 0 or self.connect_timeout_seconds <= 0:
+        if not all(
+            math.isfinite(t) and t > 0 for t in (self.timeout_seconds, self.connect_timeout_seconds)
+        ):
             raise ConfigurationError("timeouts must be positive numbers of seconds")
         if self.pool_size < 1:
             raise ConfigurationError("pool_size must be at least 1")
