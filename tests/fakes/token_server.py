@@ -27,16 +27,28 @@ For tests to build on:
 * :meth:`FakeOrkesServer.fail_next` answers a given status to the next N matching requests
   (fault injection); :meth:`FakeOrkesServer.add_interceptor` sees every request first and may
   answer it itself (delays, dropped connections, custom faults).
-* Every request is recorded (method, path, query, headers, body, and the status answered).
+* A :class:`FakeResponse` may also hang before it is sent (``delay_seconds``, cut short when the
+  server stops) or reset the connection instead of answering (:meth:`FakeResponse.connection_reset`,
+  :meth:`FakeResponse.hang`).
+* Every request is recorded (method, path, query, headers, body, and the status answered; 0 for
+  a connection reset without an answer).
+
+``stop()`` never hangs: it ends hung answers, closes every open connection (so no handler thread
+lingers on a kept-alive socket) and does not wait for handler threads.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import io
 import json
 import re
+import socket
+import struct
+import sys
 import threading
 import time
 import uuid
@@ -47,6 +59,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from typing_extensions import Self
 
 TOKEN_HEADER = "X-Authorization"
 
@@ -82,10 +96,20 @@ class FakeRequest:
 
 @dataclass(frozen=True)
 class FakeResponse:
+    """What the server does with a request.
+
+    ``delay_seconds``: wait this long before answering (a slow or hung server; the wait ends
+    early when the server stops, and then the connection is reset instead).
+    ``reset``: close the connection with a TCP reset instead of answering (``status`` is then
+    only what is recorded: 0).
+    """
+
     status: int
     body: bytes = b""
     content_type: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    delay_seconds: float = 0.0
+    reset: bool = False
 
     @classmethod
     def json(cls, status: int, payload: Any) -> FakeResponse:
@@ -101,6 +125,28 @@ class FakeResponse:
         payload = {"status": status, "message": message, "retryable": False, **extra}
         return cls.json(status, payload)
 
+    @classmethod
+    def html(cls, status: int, title: str = "Bad Gateway") -> FakeResponse:
+        """An HTML error page, as a proxy or load balancer in front of the server sends."""
+        page = (
+            f"<html><head><title>{status} {title}</title></head>"
+            f"<body><h1>{title}</h1><hr><center>nginx</center></body></html>"
+        )
+        return cls(status, page.encode(), "text/html")
+
+    @classmethod
+    def connection_reset(cls) -> FakeResponse:
+        """No answer: the connection is closed with a TCP reset (RST)."""
+        return cls(0, reset=True)
+
+    @classmethod
+    def hang(cls, seconds: float, then: FakeResponse | None = None) -> FakeResponse:
+        """Answer nothing for ``seconds``, then ``then`` (default: reset the connection)."""
+        after = then if then is not None else cls.connection_reset()
+        return FakeResponse(
+            after.status, after.body, after.content_type, after.headers, seconds, after.reset
+        )
+
 
 @dataclass(frozen=True)
 class RecordedRequest:
@@ -112,6 +158,7 @@ class RecordedRequest:
     headers: Mapping[str, str]
     body: bytes
     status: int
+    at: float = field(default_factory=time.monotonic)  # when it was answered (monotonic)
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -193,6 +240,8 @@ class FakeOrkesServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None
+        self._stopping = threading.Event()  # ends hung answers
+        self._connections: set[socket.socket] = set()
 
         self.add_route("POST", "/api/token", self._issue_token, protected=False)
         self.add_route("GET", r"/api/tasks/(?P<taskId>[^/]+)", self._get_task)
@@ -200,10 +249,11 @@ class FakeOrkesServer:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> FakeOrkesServer:
+    def start(self) -> Self:
         if self._httpd is not None:
             raise RuntimeError("already started")
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._stopping.clear()
+        httpd = _QuietServer(("127.0.0.1", 0), _make_handler(self))
         httpd.daemon_threads = True
         self._httpd = httpd
         self._port = int(httpd.server_address[1])
@@ -217,17 +267,30 @@ class FakeOrkesServer:
         return self
 
     def stop(self) -> None:
-        """Stops serving and closes the listening socket. Idempotent."""
+        """Stops serving, ends hung answers, closes the listening socket and every open
+        connection. Idempotent; does not wait for handler threads (they are daemons)."""
         httpd, thread = self._httpd, self._thread
         self._httpd = self._thread = None
         if httpd is None:
             return
+        self._stopping.set()
         httpd.shutdown()
         httpd.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            # Wakes a handler thread blocked reading a kept-alive connection.
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         if thread is not None:
             thread.join(timeout=5)
 
-    def __enter__(self) -> FakeOrkesServer:
+    @property
+    def stopping(self) -> threading.Event:
+        """Set once stop() has begun: long waits in handlers should end on it."""
+        return self._stopping
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -392,6 +455,11 @@ class FakeOrkesServer:
         fault = self._take_fault(request)
         if fault is not None:
             return fault
+        return self.serve(request)
+
+    def serve(self, request: FakeRequest) -> FakeResponse:
+        """The normal handling of a request (token check, then its route), without the
+        interceptors and injected faults."""
         with self._lock:
             routes = list(self._routes)
         for route in routes:
@@ -472,10 +540,42 @@ class FakeOrkesServer:
         return FakeResponse.text(200, task_id)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (timeout, closed pool) or a stopping server: not worth a
+        # traceback on stderr. Anything else is printed as usual.
+        if not isinstance(sys.exc_info()[1], (OSError, ValueError)):
+            super().handle_error(request, client_address)
+
+
 def _make_handler(server: FakeOrkesServer) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as urllib3's pool expects
         timeout = 30  # an idle kept-alive connection frees its thread after this
+
+        def setup(self) -> None:
+            super().setup()
+            with server._lock:
+                server._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with server._lock:
+                server._connections.discard(self.connection)
+            with contextlib.suppress(OSError):
+                super().finish()
+
+        def _reset(self) -> None:
+            """Close the connection with a TCP reset, answering nothing."""
+            self.close_connection = True
+            connection = self.connection
+            with contextlib.suppress(OSError):
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # The socket really closes (sending RST) only once its file objects are closed;
+            # what handle_one_request flushes afterwards goes nowhere.
+            self.rfile.close()
+            self.wfile.close()
+            self.wfile = io.BytesIO()
+            connection.close()
 
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -492,7 +592,12 @@ def _make_handler(server: FakeOrkesServer) -> type[BaseHTTPRequestHandler]:
                 response = server._dispatch(request)
             except Exception as exc:  # a broken handler is a 500, not a hung client
                 response = FakeResponse.error(500, f"fake server error: {exc!r}")
-            server._record(request, response.status)
+            if response.delay_seconds > 0 and server.stopping.wait(response.delay_seconds):
+                response = FakeResponse.connection_reset()  # stopping: end the hang now
+            server._record(request, 0 if response.reset else response.status)
+            if response.reset:
+                self._reset()
+                return
             self.send_response(response.status, _reason(response.status))
             if response.content_type:
                 self.send_header("Content-Type", response.content_type)

@@ -166,7 +166,7 @@ def test_dataclass_instance_becomes_its_fields() -> None:
 
 
 def test_pydantic_model_uses_json_mode_dump_by_alias() -> None:
-    cart = Cart(items=[Item(itemId=7, added=datetime.datetime(2024, 5, 6, tzinfo=UTC))])
+    cart = Cart(items=[Item(item_id=7, added=datetime.datetime(2024, 5, 6, tzinfo=UTC))])
 
     out = to_output_data(cart)
 
@@ -281,7 +281,7 @@ def test_subclasses_of_json_types_become_the_plain_types() -> None:
 
 
 def test_nested_structures_anywhere() -> None:
-    item = Item(itemId=1, added=datetime.datetime(2024, 1, 1, tzinfo=UTC))
+    item = Item(item_id=1, added=datetime.datetime(2024, 1, 1, tzinfo=UTC))
     value = {
         "route": Route(points=[Point(0, 1, "a")], color=Color.BLUE, meta={"ids": {2, 1}}),
         "models": [item],
@@ -371,7 +371,7 @@ def test_non_finite_float_path_under_the_result_key() -> None:
 
 
 def test_non_finite_float_inside_a_dataclass_and_a_model() -> None:
-    bad_item = Item(itemId=1, added=datetime.datetime(2024, 1, 1), score=math.inf)
+    bad_item = Item(item_id=1, added=datetime.datetime(2024, 1, 1), score=math.inf)
 
     assert error_of({"p": Point(1, math.nan)}).path == "$.p.y"  # type: ignore[arg-type]
     assert error_of({"cart": Cart(items=[bad_item])}).path == "$.cart.items[0].score"

@@ -83,18 +83,25 @@ class Redelivery:
             self._give_up(item)
             return
         delay = self._policy.delay(item.attempts)
+        with self._cond:
+            closed = self._closed
+            if not closed:
+                heapq.heappush(self._heap, (time.monotonic() + delay, next(self._order), item))
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="conductor-redelivery", daemon=True
+                    )
+                    self._thread.start()
+                self._cond.notify()
+        if closed:
+            # After close() nothing would ever retry it (a task that outlived the shutdown,
+            # or an attempt in flight at close): report it now rather than queue it silently.
+            self._give_up(item)
+            return
         log.warning(
             "result of task %s (workflow %s) not delivered (attempt %d: %s); retrying in %.1fs",
             item.task_id, item.workflow_instance_id, item.attempts, error, delay,
         )  # fmt: skip
-        with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._order), item))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="conductor-redelivery", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify()
 
     @property
     def pending(self) -> int:

@@ -60,7 +60,8 @@ class WorkerOptions:
             raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
         if not (math.isfinite(self.poll_interval_seconds) and self.poll_interval_seconds >= 0):
             raise ConfigurationError(
-                f"poll_interval_seconds must not be negative or infinite, got {self.poll_interval_seconds}"
+                "poll_interval_seconds must not be negative or infinite, "
+                f"got {self.poll_interval_seconds}"
             )
         if not 0 <= self.poll_timeout_seconds <= MAX_POLL_TIMEOUT_SECONDS:
             raise ConfigurationError(

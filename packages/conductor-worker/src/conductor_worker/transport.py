@@ -145,7 +145,18 @@ class Transport:
                 self.update_v2_supported = True
                 if status == 204 or not data:
                     return None
-                raw = self._parse_json(data, "/tasks/update-v2")
+                try:
+                    raw = self._parse_json(data, "/tasks/update-v2")
+                except ServerError as error:
+                    # A 2xx: the server has the result, so it must not be retried or reported
+                    # undelivered. Only a next task in the answer is lost (the server times it
+                    # out and hands it out again).
+                    task_id, workflow_id = _ids_in(body)
+                    log.warning(
+                        "task %s (workflow %s): result taken, but the answer of update-v2 is "
+                        "unreadable: %s", task_id, workflow_id, error,
+                    )  # fmt: skip
+                    return None
                 if not isinstance(raw, dict):
                     return None
                 tasks, malformed = parse_tasks([raw])
@@ -171,13 +182,21 @@ class Transport:
                 status=error.status,
                 retryable=error.status is None or error.status >= 500,
             ) from None
-        except urllib3.exceptions.TimeoutError as error:
-            raise ServerError(
-                f"{method} {path}: timed out ({error})", kind="timeout", retryable=True
-            ) from None
         except urllib3.exceptions.HTTPError as error:
+            # With the pool's Retry(total=0), a failed GET comes wrapped in MaxRetryError (a
+            # POST's read error is raised as is): classify by what happened underneath.
+            cause: BaseException = error
+            if isinstance(error, urllib3.exceptions.MaxRetryError) and error.reason is not None:
+                cause = error.reason
+            # NewConnectionError (refused, unreachable) subclasses ConnectTimeoutError.
+            if isinstance(cause, urllib3.exceptions.TimeoutError) and not isinstance(
+                cause, urllib3.exceptions.NewConnectionError
+            ):
+                raise ServerError(
+                    f"{method} {path}: timed out ({cause})", kind="timeout", retryable=True
+                ) from None
             raise ServerError(
-                f"{method} {path}: {type(error).__name__}: {error}",
+                f"{method} {path}: {type(cause).__name__}: {cause}",
                 kind="connection",
                 retryable=True,
             ) from None
@@ -249,6 +268,17 @@ def parse_tasks(items: list[Any]) -> tuple[list[Task], list[MalformedTask]]:
                 MalformedTask(item, f"malformed task from server: {where}: {first['msg']}")
             )
     return tasks, malformed
+
+
+def _ids_in(body: bytes) -> tuple[str | None, str | None]:
+    """The task and workflow ids of a TaskResult body, for log messages."""
+    try:
+        result = json.loads(body)
+    except ValueError:
+        return None, None
+    if not isinstance(result, dict):
+        return None, None
+    return result.get("taskId"), result.get("workflowInstanceId")
 
 
 def _means_no_update_v2(error: ServerError) -> bool:

@@ -1,0 +1,709 @@
+"""TaskRunner against a misbehaving server (tests/fakes/conductor.py): loopback sockets only.
+
+Every test runs a real TaskRunner, with short client timeouts and a fast retry policy, against
+a FakeConductorServer that fails in one way or another, and checks what matters to a user:
+every result reaches the server with the right status and output (exactly once, unless a test
+says why at least once is the right promise), the runner keeps working afterwards, and
+shutdown() returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from conductor_worker import (
+    AuthenticationSettings,
+    ConductorClient,
+    HttpSettings,
+    PendingResult,
+    RetryPolicy,
+    RunnerState,
+    Task,
+    TaskRunner,
+)
+from conductor_worker import runner as runner_module
+from tests.fakes import FakeConductorServer, FakeResponse, invalid_json
+from tests.fakes.conductor import UPDATES
+
+pytestmark = pytest.mark.timeout(30)
+
+TASK = "fault_test_task"
+WORKER_ID = "fault-test-worker"
+POLL_PATH = f"/api/tasks/poll/batch/{TASK}"
+UPDATE_PATH = "/api/tasks"
+UPDATE_V2_PATH = "/api/tasks/update-v2"
+ANY_UPDATE_PATH = r"/api/tasks(/update-v2)?"
+
+CLIENT_TIMEOUT = 0.5  # read timeout; a poll adds POLL_TIMEOUT on top
+POLL_TIMEOUT = 0.1
+POLL_INTERVAL = 0.05
+KEY_ID, KEY_SECRET = "fault-key", "fault-secret"
+
+
+@pytest.fixture(autouse=True)
+def _fast_and_isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The poll back-off doubles from 0.5 s up to 10 s; capped at 1 s here so that a test with
+    # five failed polls takes seconds, not half a minute. The doubling itself is unchanged.
+    monkeypatch.setattr(runner_module, "MAX_ERROR_BACKOFF_SECONDS", 1.0)
+    for name in list(os.environ):
+        if name.startswith("CONDUCTOR_WORKER_"):
+            monkeypatch.delenv(name)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.01)
+
+
+def double(n: int) -> dict[str, int]:
+    return {"doubled": 2 * n}
+
+
+def add_numbers(
+    fake: FakeConductorServer, count: int, start: int = 0, **fields: Any
+) -> dict[str, int]:
+    """Schedules `count` tasks with inputs n = start, start+1, ...; task id -> n."""
+    ids = fake.add_tasks(TASK, count, input=lambda i: {"n": start + i}, **fields)
+    return {task_id: start + i for i, task_id in enumerate(ids)}
+
+
+def assert_doubled_exactly_once(fake: FakeConductorServer, numbers: Mapping[str, int]) -> None:
+    """Each task has exactly one result, COMPLETED with the right output. Call it after the
+    runner has shut down, so that a late duplicate would have arrived."""
+    results = fake.results
+    for task_id, n in numbers.items():
+        received = results.get(task_id, [])
+        assert len(received) == 1, (task_id, received)
+        (result,) = received
+        assert result["status"] == "COMPLETED"
+        assert result["outputData"] == {"doubled": 2 * n}
+        assert result["workerId"] == WORKER_ID
+        assert result["workflowInstanceId"] == fake.task(task_id)["workflowInstanceId"]
+
+
+def raw_task(task_id: str, **overrides: Any) -> dict[str, Any]:
+    """A task as the server sends it, for add_raw_task (handed out exactly like this)."""
+    return {
+        "taskId": task_id,
+        "workflowInstanceId": f"wf-{task_id}",
+        "taskType": TASK,
+        "taskDefName": TASK,
+        "referenceTaskName": f"{TASK}_ref",
+        "status": "IN_PROGRESS",
+        "inputData": {"n": 1},
+        "pollCount": 1,
+        "responseTimeoutSeconds": 3600,
+        **overrides,
+    }
+
+
+@dataclass
+class Run:
+    fake: FakeConductorServer
+    runner: TaskRunner
+    registry: CollectorRegistry
+    undelivered: list[tuple[PendingResult, str]] = field(default_factory=list)
+
+    def metric(self, name: str) -> float:
+        value = self.registry.get_sample_value(name, {"taskType": TASK})
+        return 0.0 if value is None else value
+
+    def poll_errors(
+        self, status: str | None = None, *, after_failures: bool | None = None
+    ) -> float:
+        """task_poll_error_total for the task type, summed over the labels not given."""
+        total = 0.0
+        for family in self.registry.collect():
+            for sample in family.samples:
+                labels = sample.labels
+                if (
+                    sample.name == "task_poll_error_total"
+                    and labels.get("taskType") == TASK
+                    and (status is None or labels.get("status") == status)
+                    and (
+                        after_failures is None
+                        or labels.get("includeRetries") == str(after_failures).lower()
+                    )
+                ):
+                    total += sample.value
+        return total
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """shutdown(), checking that it returns within its bound."""
+        started = time.monotonic()
+        clean = self.runner.shutdown(timeout)
+        assert time.monotonic() - started < timeout + 1.0
+        assert self.runner.state is RunnerState.STOPPED
+        return clean
+
+
+@contextmanager
+def running(
+    fake: FakeConductorServer,
+    fn: Callable[..., Any] = double,
+    *,
+    batch_size: int = 2,
+    max_attempts: int = 10,
+    auth: AuthenticationSettings | None = None,
+) -> Iterator[Run]:
+    """A TaskRunner serving TASK with `fn`, against `fake`; shut down and closed at the end."""
+    client = ConductorClient(
+        auth,
+        HttpSettings(
+            fake.url, timeout_seconds=CLIENT_TIMEOUT, connect_timeout_seconds=CLIENT_TIMEOUT
+        ),
+    )
+    registry = CollectorRegistry()
+    undelivered: list[tuple[PendingResult, str]] = []
+    runner = TaskRunner(
+        client,
+        shutdown_grace_seconds=5.0,
+        retry_policy=RetryPolicy(
+            max_attempts=max_attempts, initial_delay_seconds=0.05, max_delay_seconds=0.2
+        ),
+        on_undelivered=lambda item, error: undelivered.append((item, error)),
+        registry=registry,
+    )
+    try:
+        runner.start_worker(
+            TASK,
+            fn,
+            batch_size=batch_size,
+            poll_interval=POLL_INTERVAL,
+            poll_timeout=POLL_TIMEOUT,
+            worker_id=WORKER_ID,
+        )
+        yield Run(fake, runner, registry, undelivered)
+    finally:
+        runner.shutdown(5.0)
+        client.close()
+
+
+def statuses(fake: FakeConductorServer, path: str) -> list[int]:
+    return [r.status for r in fake.requests_to(path)]
+
+
+# -- 5xx and 429 while polling -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "failures"),
+    [(503, 5), (500, 2), (502, 2), (429, 2)],
+)
+def test_poll_errors_back_off_and_polling_resumes(status: int, failures: int) -> None:
+    with FakeConductorServer() as fake:
+        numbers = add_numbers(fake, 6)
+        fault = fake.inject("poll", FakeResponse.error(status, "unavailable"), count=failures)
+        with running(fake) as run:
+            fake.wait_for_results(numbers)
+            assert fault.hits == failures
+            assert run.poll_errors(str(status), after_failures=False) == 1
+            assert run.poll_errors(str(status), after_failures=True) == failures - 1
+
+            # Backing off: the failed polls are spread out (0.25-0.5 s after the first
+            # failure, then at least 0.5 s), not sent in a tight loop.
+            failed = [r.at for r in fake.requests_to(POLL_PATH) if r.status == status]
+            gaps = [later - earlier for earlier, later in itertools.pairwise(failed)]
+            assert len(gaps) == failures - 1
+            assert all(gap >= 0.2 for gap in gaps[:1])
+            assert all(gap >= 0.45 for gap in gaps[1:])
+
+            more = add_numbers(fake, 3, start=100)
+            fake.wait_for_results(more)
+            assert run.stop()
+        assert_doubled_exactly_once(fake, numbers | more)
+
+
+# -- connection resets ---------------------------------------------------------------------------
+
+
+def test_connection_resets_during_poll_and_update_lose_nothing() -> None:
+    # The server never saw the reset requests: each result arrives exactly once.
+    with FakeConductorServer() as fake:
+        numbers = add_numbers(fake, 6)
+        poll_fault = fake.inject("poll", FakeResponse.connection_reset(), count=3)
+        update_fault = fake.inject(UPDATES, FakeResponse.connection_reset(), count=3)
+        with running(fake) as run:
+            fake.wait_for_results(numbers)
+            assert poll_fault.hits == 3
+            assert update_fault.hits == 3
+            assert run.poll_errors("connection") == 3
+            # Each failed attempt is counted, the first (update-v2) and the background retries.
+            assert run.metric("task_update_error_total") == 3
+
+            more = add_numbers(fake, 3, start=100)
+            fake.wait_for_results(more)
+            assert run.stop()
+            assert run.undelivered == []
+        assert statuses(fake, ANY_UPDATE_PATH).count(0) == 3
+        assert_doubled_exactly_once(fake, numbers | more)
+
+
+def test_update_answer_lost_after_the_server_acted_is_delivered_at_least_once() -> None:
+    # The connection drops after the server has recorded the result: the runner cannot tell
+    # this from a result that never arrived, so it sends it again. Here AT LEAST once is the
+    # promise (the server ignores an update to a task that is already terminal); a missing
+    # result would be the bug. update-v2 is off so that a lost answer cannot take a next task
+    # with it (that one would wait for its response timeout on a real server).
+    with FakeConductorServer(update_v2=False) as fake:
+        numbers = add_numbers(fake, 4)
+        fault = fake.inject(
+            "update", FakeResponse.connection_reset(), count=2, after_processing=True
+        )
+        with running(fake) as run:
+            fake.wait_for_results(numbers)
+            assert run.stop()
+            assert run.undelivered == []
+        assert fault.hits == 2
+        results = fake.results
+        for task_id, n in numbers.items():
+            received = results[task_id]
+            assert 1 <= len(received) <= 2
+            for result in received:
+                assert result["status"] == "COMPLETED"
+                assert result["outputData"] == {"doubled": 2 * n}
+        assert sum(len(results[task_id]) for task_id in numbers) == len(numbers) + 2
+
+
+# -- 5xx while updating --------------------------------------------------------------------------
+
+
+def test_update_errors_are_retried_in_the_background() -> None:
+    with FakeConductorServer() as fake:
+        numbers = add_numbers(fake, 4)
+        fault = fake.inject(UPDATES, FakeResponse.error(500, "database is down"), count=3)
+        with running(fake) as run:
+            fake.wait_for_results(numbers)
+            assert fault.hits == 3
+            assert run.metric("task_update_error_total") == 3
+            assert run.metric("task_result_undelivered_total") == 0
+
+            more = add_numbers(fake, 2, start=100)
+            fake.wait_for_results(more)
+            assert run.stop()
+            assert run.undelivered == []
+        assert_doubled_exactly_once(fake, numbers | more)
+
+
+# -- a hung server -------------------------------------------------------------------------------
+
+
+def test_hung_server_times_out_and_the_runner_carries_on() -> None:
+    # Hung requests are never processed (the fake resets them when it gives up), so the
+    # results still arrive exactly once.
+    hang = FakeResponse.hang(60)  # far beyond the client's timeout; ended by stop()
+    with FakeConductorServer() as fake:
+        poll_fault = fake.inject("poll", hang, seconds=1.0)
+        with running(fake) as run:
+            wait_until(lambda: run.poll_errors("timeout") >= 1, timeout=5)
+            update_fault = fake.inject(UPDATES, hang, count=2)
+            numbers = add_numbers(fake, 3)
+            fake.wait_for_results(numbers, timeout=15)
+            assert poll_fault.hits >= 1
+            assert update_fault.hits == 2
+            assert run.metric("task_update_error_total") == 2
+
+            more = add_numbers(fake, 2, start=100)
+            fake.wait_for_results(more)
+            assert run.stop()
+            assert run.undelivered == []
+        assert_doubled_exactly_once(fake, numbers | more)
+
+
+# -- results that cannot be delivered ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "attempts"),
+    [
+        pytest.param(500, 3, id="retryable-until-max-attempts"),
+        pytest.param(400, 1, id="not-retryable"),
+    ],
+)
+def test_undeliverable_result_goes_to_the_hook_and_an_error_log(
+    caplog: pytest.LogCaptureFixture, status: int, attempts: int
+) -> None:
+    caplog.set_level(logging.ERROR, logger="conductor_worker")
+    with FakeConductorServer() as fake:
+        fault = fake.inject(UPDATES, FakeResponse.error(status, "rejected"))
+        numbers = add_numbers(fake, 1)
+        (task_id,) = numbers
+        workflow_id = fake.task(task_id)["workflowInstanceId"]
+        with running(fake, max_attempts=3) as run:
+            wait_until(lambda: run.undelivered)
+            ((item, error),) = run.undelivered
+            assert (item.task_id, item.workflow_instance_id) == (task_id, workflow_id)
+            assert item.attempts == attempts == fault.hits
+            assert str(status) in error
+            # The hook gets the whole result, so it can be kept and sent later.
+            body = json.loads(item.body)
+            assert body["status"] == "COMPLETED"
+            assert body["outputData"] == {"doubled": 0}
+            assert run.metric("task_result_undelivered_total") == 1
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert any(task_id in m and workflow_id in m for m in errors), errors
+
+            fault.cancel()
+            more = add_numbers(fake, 2, start=100)
+            fake.wait_for_results(more)
+            assert run.stop()
+        assert task_id not in fake.results
+        assert_doubled_exactly_once(fake, more)
+
+
+# -- authentication ------------------------------------------------------------------------------
+
+
+def test_expired_and_revoked_tokens_are_renewed_without_a_failed_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="conductor_worker")
+    gate = threading.Event()
+
+    def gated_double(n: int) -> dict[str, int]:
+        assert gate.wait(10)
+        return {"doubled": 2 * n}
+
+    # Tokens without an exp claim: the client cannot refresh ahead of time, so every expiry
+    # (the server's, after 0.7 s) is met by a call that gets 401 EXPIRED_TOKEN.
+    with FakeConductorServer(
+        auth_enabled=True,
+        key_id=KEY_ID,
+        key_secret=KEY_SECRET,
+        token_ttl_seconds=0.7,
+        exp_claim=False,
+    ) as fake:
+
+        def rejections() -> int:
+            return sum(1 for r in fake.requests if r.status == 401)
+
+        def more_rejections(than: int) -> bool:
+            return rejections() > than
+
+        auth = AuthenticationSettings(KEY_ID, KEY_SECRET)
+        with running(fake, gated_double, batch_size=3, auth=auth) as run:
+            numbers: dict[str, int] = {}
+            gate.set()
+            for wave in range(3):
+                batch = add_numbers(fake, 3, start=10 * wave)
+                numbers |= batch
+                fake.wait_for_results(batch)
+                # The runner keeps polling; its token expires under it.
+                assert fake.wait_for(functools.partial(more_rejections, rejections()), timeout=5)
+
+            # Revoked while tasks run: their updates are the calls that meet the rejection.
+            gate.clear()
+            batch = add_numbers(fake, 3, start=100)
+            numbers |= batch
+            assert fake.wait_for(lambda: all(fake.task(t)["pollCount"] for t in batch))
+            fake.revoke_all()
+            gate.set()
+            fake.wait_for_results(batch)
+            assert run.stop()
+
+            assert run.poll_errors() == 0
+            assert run.metric("task_update_error_total") == 0
+            assert run.undelivered == []
+        assert 401 in statuses(fake, ANY_UPDATE_PATH)
+        assert 401 in statuses(fake, POLL_PATH)
+        assert fake.token_issue_count >= 3  # the first, at least one renewal, after the revocation
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert_doubled_exactly_once(fake, numbers)
+
+
+# -- older servers -------------------------------------------------------------------------------
+
+
+def test_old_server_without_update_v2_and_with_204_for_empty_polls() -> None:
+    with FakeConductorServer(update_v2=False, empty_poll_204=True) as fake:
+        with running(fake) as run:
+            assert fake.wait_for(lambda: 204 in statuses(fake, POLL_PATH))
+            first = add_numbers(fake, 4)
+            fake.wait_for_results(first)
+            probes = statuses(fake, UPDATE_V2_PATH)
+            # Asked once (or once per slot delivering at the same moment), then remembered.
+            assert 1 <= len(probes) <= 2
+            assert set(probes) == {405}
+
+            second = add_numbers(fake, 4, start=100)
+            fake.wait_for_results(second)
+            assert statuses(fake, UPDATE_V2_PATH) == probes
+            assert run.poll_errors() == 0
+            assert run.metric("task_update_error_total") == 0
+            assert run.stop()
+        assert_doubled_exactly_once(fake, first | second)
+
+
+# -- malformed answers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("response", "label"),
+    [
+        pytest.param(FakeResponse.html(502), "502", id="html-502"),
+        pytest.param(FakeResponse.html(200, "Welcome"), "malformed_response", id="html-200"),
+        pytest.param(invalid_json(), "malformed_response", id="invalid-json"),
+        pytest.param(FakeResponse.json(200, {"tasks": []}), "malformed_response", id="object"),
+        pytest.param(FakeResponse.json(200, "[]"), "malformed_response", id="string"),
+    ],
+)
+def test_unreadable_poll_answer_is_a_poll_error(response: FakeResponse, label: str) -> None:
+    with FakeConductorServer() as fake:
+        numbers = add_numbers(fake, 3)
+        fault = fake.inject("poll", response, count=1)
+        with running(fake) as run:
+            fake.wait_for_results(numbers)
+            assert fault.hits == 1
+            assert run.poll_errors(label) == 1
+            assert run.stop()
+        assert_doubled_exactly_once(fake, numbers)
+
+
+def test_malformed_task_is_failed_and_the_good_ones_run(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="conductor_worker")
+    with FakeConductorServer() as fake:
+        fake.add_raw_task(TASK, raw_task("bad-poll-count", pollCount="abc"))
+        good = add_numbers(fake, 1)
+        fake.add_raw_task(TASK, raw_task("bad-input", inputData=5))
+        fake.add_raw_task(TASK, {"taskId": 7, "inputData": {}})  # not even a usable id
+        with running(fake, batch_size=4) as run:
+            bad = {"bad-poll-count": "pollCount", "bad-input": "inputData"}
+            results = fake.wait_for_results([*good, *bad])
+            for task_id, field_name in bad.items():
+                (result,) = results[task_id]
+                assert result["status"] == "FAILED"
+                assert result["workflowInstanceId"] == f"wf-{task_id}"
+                assert field_name in result["reasonForIncompletion"]
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert any("bad-input" in m and "wf-bad-input" in m for m in errors), errors
+            assert any("without ids" in m for m in errors), errors
+
+            more = add_numbers(fake, 2, start=100)
+            fake.wait_for_results(more)
+            assert run.stop()
+        assert_doubled_exactly_once(fake, good | more)
+        assert {len(fake.results[task_id]) for task_id in bad} == {1}
+
+
+def test_unknown_fields_and_enum_values_are_accepted() -> None:
+    def describe(task: Task) -> dict[str, Any]:
+        assert task.task_definition is not None
+        assert task.workflow_task is not None
+        return {
+            "status": task.status,
+            "timeoutPolicy": task.task_definition.timeout_policy,
+            "retryLogic": task.task_definition.retry_logic,
+            "type": task.workflow_task.type,
+        }
+
+    from_the_future = raw_task(
+        "future-1",
+        status="PARKED",  # a Task.status this client does not know
+        someNewField={"nested": [1, 2]},
+        taskDefinition={
+            "name": TASK,
+            "timeoutSeconds": 0,
+            "timeoutPolicy": "ESCALATE",
+            "retryLogic": "FIBONACCI",
+            "newDefinitionField": True,
+        },
+        workflowTask={
+            "name": TASK,
+            "taskReferenceName": f"{TASK}_ref",
+            "type": "QUANTUM",
+            "newWorkflowTaskField": [],
+        },
+        executionMetadata={"serverSendTime": 1, "newMetadata": "x"},
+    )
+    with FakeConductorServer() as fake:
+        fake.add_raw_task(TASK, from_the_future)
+        with running(fake, describe) as run:
+            (result,) = fake.wait_for_results(["future-1"])["future-1"]
+            assert run.stop()
+        assert result["status"] == "COMPLETED", result
+        assert result["outputData"] == {
+            "status": "PARKED",
+            "timeoutPolicy": "ESCALATE",
+            "retryLogic": "FIBONACCI",
+            "type": "QUANTUM",
+        }
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(invalid_json(), id="invalid-json"),
+        pytest.param(FakeResponse.html(200), id="html-200"),
+    ],
+)
+def test_unreadable_update_v2_answer_after_the_result_was_taken(answer: FakeResponse) -> None:
+    # A 2xx from update-v2 means the server has the result, whatever the body looks like: it
+    # must not be retried as if lost, nor reported to on_undelivered.
+    with FakeConductorServer() as fake:
+        numbers = add_numbers(fake, 1)
+        fault = fake.inject("update_v2", answer, count=1, after_processing=True)
+        with running(fake) as run:
+            fake.wait_for_results(numbers)
+            more = add_numbers(fake, 2, start=100)
+            fake.wait_for_results(more)
+            assert run.stop()
+            assert fault.hits == 1
+            assert run.undelivered == []
+            assert run.metric("task_result_undelivered_total") == 0
+        assert_doubled_exactly_once(fake, numbers | more)
+
+
+def test_malformed_next_task_from_update_v2_is_failed() -> None:
+    gate = threading.Event()
+
+    def gated_double(n: int) -> dict[str, int]:
+        assert gate.wait(10)
+        return {"doubled": 2 * n}
+
+    with FakeConductorServer() as fake:
+        numbers = add_numbers(fake, 1)
+        (first,) = numbers
+        # One slot: while it is busy nothing polls, so the next task can only come from the
+        # update-v2 answer.
+        with running(fake, gated_double, batch_size=1) as run:
+            assert fake.wait_for(lambda: fake.task(first)["status"] == "IN_PROGRESS")
+            fake.add_raw_task(TASK, raw_task("bad-next", inputData="not an object"))
+            gate.set()
+            results = fake.wait_for_results(["bad-next"])
+            (failed,) = results["bad-next"]
+            assert failed["status"] == "FAILED"
+            assert "inputData" in failed["reasonForIncompletion"]
+            assert fake.requests_to(UPDATE_V2_PATH)[0].status == 200
+
+            more = add_numbers(fake, 2, start=100)
+            fake.wait_for_results(more)
+            assert run.stop()
+        assert_doubled_exactly_once(fake, numbers | more)
+
+
+# -- misbehaving workers -------------------------------------------------------------------------
+
+
+def misbehave(mode: str, n: int = 0) -> dict[str, Any]:
+    if mode == "raise":
+        raise ValueError("boom")
+    if mode == "nan":
+        return {"value": math.nan}
+    if mode == "unserializable":
+        return {"value": object()}
+    if mode == "exit":
+        raise SystemExit(3)
+    if mode == "sleep":
+        time.sleep(0.3)
+    return {"doubled": 2 * n}
+
+
+async def misbehave_async(mode: str, n: int = 0) -> dict[str, Any]:
+    if mode == "sleep":
+        await asyncio.sleep(0.3)
+        mode = "ok"
+    if mode == "block":
+        time.sleep(0.3)  # noqa: ASYNC251 - blocks the event loop on purpose: slow, nothing breaks
+    return misbehave(mode, n)
+
+
+EXPECTED = {
+    "raise": ("FAILED", "boom"),
+    "nan": ("FAILED_WITH_TERMINAL_ERROR", "NaN"),
+    "unserializable": ("FAILED_WITH_TERMINAL_ERROR", "cannot serialize"),
+    "exit": ("FAILED", "SystemExit"),
+    "sleep": ("COMPLETED", None),
+}
+
+
+@pytest.mark.parametrize("worker", [misbehave, misbehave_async], ids=["def", "async-def"])
+def test_misbehaving_worker_never_kills_the_runner(worker: Callable[..., Any]) -> None:
+    modes = [*EXPECTED, *(["block"] if worker is misbehave_async else [])]
+    with FakeConductorServer() as fake:
+        ids = fake.add_tasks(TASK, len(modes), input=lambda i: {"mode": modes[i], "n": i})
+        with running(fake, worker, batch_size=3) as run:
+            results = fake.wait_for_results(ids)
+            for task_id, mode in zip(ids, modes, strict=True):
+                (result,) = results[task_id]
+                status, reason = EXPECTED.get(mode, ("COMPLETED", None))
+                assert result["status"] == status, (mode, result)
+                if reason is not None:
+                    assert reason in result["reasonForIncompletion"], (mode, result)
+            raised = results[ids[modes.index("raise")]][0]
+            assert "ValueError: boom" in raised["logs"][-1]["log"]  # the traceback
+
+            # Still polling and running.
+            assert run.runner.state is RunnerState.RUNNING
+            more = fake.add_tasks(TASK, 3, input=lambda i: {"mode": "ok", "n": i})
+            more_results = fake.wait_for_results(more)
+            assert all(r[0]["status"] == "COMPLETED" for r in more_results.values())
+            assert run.stop()
+
+
+def test_shutdown_returns_while_a_worker_outlives_the_grace_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="conductor_worker")
+    release = threading.Event()
+
+    def stuck(n: int) -> dict[str, int]:
+        release.wait(20)
+        return {"doubled": 2 * n}
+
+    with FakeConductorServer() as fake:
+        numbers = add_numbers(fake, 1)
+        (task_id,) = numbers
+        workflow_id = fake.task(task_id)["workflowInstanceId"]
+        with running(fake, stuck, batch_size=1) as run:
+            assert fake.wait_for(lambda: fake.task(task_id)["status"] == "IN_PROGRESS")
+            assert run.stop(timeout=0.5) is False
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert any(task_id in m and workflow_id in m for m in errors), errors
+
+            # The task ends after all: its result still goes out (the client is open).
+            release.set()
+            fake.wait_for_results(numbers)
+        assert_doubled_exactly_once(fake, numbers)
+
+
+def test_late_result_that_cannot_be_sent_after_shutdown_is_reported() -> None:
+    # After shutdown nobody retries, so a failed late result must go to on_undelivered at once
+    # rather than wait in a queue that is never served.
+    release = threading.Event()
+
+    def stuck(n: int) -> dict[str, int]:
+        release.wait(20)
+        return {"doubled": 2 * n}
+
+    with FakeConductorServer() as fake:
+        numbers = add_numbers(fake, 1)
+        (task_id,) = numbers
+        with running(fake, stuck, batch_size=1) as run:
+            assert fake.wait_for(lambda: fake.task(task_id)["status"] == "IN_PROGRESS")
+            assert run.stop(timeout=0.5) is False
+            fake.inject(UPDATES, FakeResponse.error(503, "going away"))
+            release.set()
+            wait_until(lambda: run.undelivered, timeout=5)
+            ((item, _),) = run.undelivered
+            assert item.task_id == task_id
