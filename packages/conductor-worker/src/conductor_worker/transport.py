@@ -204,6 +204,9 @@ class Transport:
         if 200 <= status < 300:
             return status, response.data
         text = response.data[:500].decode("utf-8", "replace")
+        token = headers.get(TOKEN_HEADER)
+        if token:  # a proxy's error page may echo the request headers
+            text = text.replace(token, "***")
         raise ServerError(
             f"{method} {path}: HTTP {status}: {text}",
             kind=f"http_{status}",
@@ -243,7 +246,7 @@ class Transport:
     def _parse_json(data: bytes, what: str) -> Any:
         try:
             return json.loads(data)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
             snippet = data[:120].decode("utf-8", "replace")
             raise ServerError(
                 f"{what}: the server's answer is not JSON ({error}): {snippet!r}",
