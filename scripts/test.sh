@@ -72,8 +72,7 @@ step() {
 }
 
 step "ruff check" ruff check .
-# TODO: add `step "ruff format" ruff format --check .` once the whole tree is ruff-formatted
-# (packages/conductor-worker/src/conductor_worker/binding.py was not, when this was written).
+step "ruff format" ruff format --check .
 step "mypy" mypy
 if [[ -f scripts/codegen.sh ]]; then
     step "codegen --check" bash scripts/codegen.sh --check

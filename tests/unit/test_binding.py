@@ -320,7 +320,7 @@ def test_input_data_that_is_not_an_object_is_rejected() -> None:
 
 
 def test_none_value_for_a_non_optional_parameter_is_a_conversion_error() -> None:
-    def worker(count: int = 3) -> None: ...
+    def worker(count: int) -> None: ...
 
     with pytest.raises(InputBindingError, match=r"invalid input 'count' \(expected int\)") as info:
         bind(worker, {"count": None})
@@ -653,3 +653,26 @@ def test_repr_and_introspection() -> None:
 
 def test_module_exports() -> None:
     assert binding.__all__ == ["InputBinder", "InputBindingError"]
+
+
+def test_null_input_takes_the_default_when_the_type_rejects_none() -> None:
+    """A workflow wiring ${workflow.input.x} without x sends null: the default applies."""
+
+    def fn(repeat: int = 3, label: str | None = "x") -> None: ...
+
+    binder = InputBinder.for_function(fn, _NullTask)
+    args, kwargs = binder.bind(_NullTask({"repeat": None, "label": None}))
+    assert (args, kwargs) == ([], {"label": None})  # repeat omitted: Python applies 3
+
+
+def test_null_input_without_a_default_is_still_an_error() -> None:
+    def fn(repeat: int) -> None: ...
+
+    binder = InputBinder.for_function(fn, _NullTask)
+    with pytest.raises(InputBindingError, match="repeat"):
+        binder.bind(_NullTask({"repeat": None}))
+
+
+class _NullTask:
+    def __init__(self, input_data: dict[str, object]) -> None:
+        self.input_data = input_data

@@ -69,7 +69,7 @@ _EMPTY_INPUT: Final[Mapping[str, Any]] = types.MappingProxyType({})
 class _Parameter:
     """One named parameter, with everything ``bind`` needs precomputed."""
 
-    __slots__ = ("default", "name", "type_name", "validate")
+    __slots__ = ("default", "name", "null_is_missing", "type_name", "validate")
 
     def __init__(
         self, name: str, validate: _Validator | None, default: object, type_name: str
@@ -78,6 +78,14 @@ class _Parameter:
         self.validate = validate  # None: pass the raw value through
         self.default = default  # _MISSING: the input is required
         self.type_name = type_name
+        # A workflow that wires `${workflow.input.x}` without an x sends null, not nothing: for
+        # a parameter with a default whose type rejects None, null means "use the default".
+        self.null_is_missing = False
+        if default is not _MISSING and validate is not None:
+            try:
+                validate(None)
+            except Exception:
+                self.null_is_missing = True
 
 
 class InputBinder:
@@ -219,7 +227,7 @@ class InputBinder:
         args: list[Any] = []
         for param in self._positional:
             value = data.get(param.name, _MISSING)
-            if value is _MISSING:
+            if value is _MISSING or (value is None and param.null_is_missing):
                 if param.default is _MISSING:
                     raise _missing(param.name)
                 # A later positional-only input may be present, so pass the default explicitly.
@@ -232,7 +240,7 @@ class InputBinder:
         kwargs: dict[str, Any] = {}
         for param in self._keyword:
             value = data.get(param.name, _MISSING)
-            if value is _MISSING:
+            if value is _MISSING or (value is None and param.null_is_missing):
                 if param.default is _MISSING:
                     raise _missing(param.name)
                 continue  # let Python apply the default

@@ -156,6 +156,8 @@ def _import_failure(name: str) -> str:
 
 def check_server(client: Any, task_type: str) -> None:
     """Fail fast, with a clear message, when the server is unreachable or refuses us."""
+    from urllib3.exceptions import MaxRetryError
+
     from conductor_client.auth import AuthenticationError
     from conductor_client.exceptions import ApiException
 
@@ -175,8 +177,12 @@ def check_server(client: Any, task_type: str) -> None:
             ) from None
         # Any other answer means a server is there; the workers report their own errors.
     except Exception as error:
+        # urllib3 wraps the cause ("Max retries exceeded ..." although retries are off).
+        cause = getattr(error, "reason", None) if isinstance(error, MaxRetryError) else None
+        detail = cause if isinstance(cause, Exception) else error
         raise CliError(
-            f"cannot reach the server at {url}: {type(error).__name__}: {error}", EXIT_UNREACHABLE
+            f"cannot reach the server at {url}: {type(detail).__name__}: {detail}",
+            EXIT_UNREACHABLE,
         ) from None
 
 
@@ -210,9 +216,16 @@ def run(args: argparse.Namespace) -> int:
 
     metrics_server = None
     if not args.no_metrics:
-        metrics_server = start_metrics_server(
-            MetricsSettings(port=args.metrics_port, address=args.metrics_address)
-        )
+        try:
+            metrics_server = start_metrics_server(
+                MetricsSettings(port=args.metrics_port, address=args.metrics_address)
+            )
+        except OSError as error:  # typically: the port is taken (another worker on this host)
+            raise CliError(
+                f"cannot serve metrics on {args.metrics_address}:{args.metrics_port}: "
+                f"{error.strerror or error} (choose another --metrics-port, or --no-metrics)",
+                EXIT_USAGE,
+            ) from None
         log.info("metrics at %s", metrics_server.url)
     runner = TaskRunner(client, shutdown_grace_seconds=args.grace)
     try:

@@ -402,6 +402,10 @@ class _TaskTypeWorker:
         transport = self.runner._transport
         options = self.options
         metrics = self.metrics
+        # The server holds a long poll open until it has `count` tasks or the wait is over, so
+        # a long poll for many would delay a lone task by the whole wait. Busy: take what is
+        # there now, for every free slot. Idle: wait (long poll) for the next single task.
+        busy = False
         while not self._stopping:
             if self.paused:
                 self._sleep(1.0)
@@ -416,8 +420,8 @@ class _TaskTypeWorker:
                     self.task_type,
                     worker_id=self.worker_id,
                     domain=options.domain,
-                    count=free,
-                    timeout_seconds=options.poll_timeout_seconds,
+                    count=free if busy else 1,
+                    timeout_seconds=0.0 if busy else options.poll_timeout_seconds,
                 )
             except ServerError as error:
                 metrics.poll_failed(error.kind.removeprefix("http_"), failures > 0)
@@ -444,8 +448,12 @@ class _TaskTypeWorker:
             for broken in malformed:
                 self._report_malformed(broken)
             if not tasks:
-                self._sleep(self.poll_interval)
+                if busy:
+                    busy = False  # drained: go back to waiting, no pause needed
+                else:
+                    self._sleep(self.poll_interval)
                 continue
+            busy = True
             metrics.polled.inc(len(tasks))
             for task in tasks:
                 self._dispatch(task)
