@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import os
 import random
 import signal
@@ -256,8 +257,8 @@ class TaskRunner:
             self._size_pool()
 
     def set_poll_interval(self, task_type: str, seconds: float) -> None:
-        if seconds < 0:
-            raise ConfigurationError("poll interval must not be negative")
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ConfigurationError(f"poll interval must be a number >= 0, got {seconds}")
         self._worker(task_type).set_poll_interval(seconds)
 
     def __enter__(self) -> TaskRunner:
