@@ -279,7 +279,8 @@ def test_update_answer_lost_after_the_server_acted_is_delivered_at_least_once() 
         results = fake.results
         for task_id, n in numbers.items():
             received = results[task_id]
-            assert 1 <= len(received) <= 2
+            # One extra copy per lost answer, and both losses may hit the same task.
+            assert 1 <= len(received) <= 1 + fault.hits
             for result in received:
                 assert result["status"] == "COMPLETED"
                 assert result["outputData"] == {"doubled": 2 * n}
