@@ -7,22 +7,26 @@ is not running workers: registering definitions, starting workflows, searching.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import urllib3
 
-from conductor_client import (
-    ApiClient,
-    Configuration,
-    EventApi,
-    MetadataApi,
-    TaskApi,
-    WorkflowApi,
-    WorkflowBulkApi,
-)
+from conductor_client.api_client import ApiClient
 from conductor_client.auth import AuthenticatingApiClient
+from conductor_client.configuration import Configuration
 from conductor_worker.settings import AuthenticationSettings, HttpSettings
+
+if TYPE_CHECKING:
+    # Imported on first use (the properties below): building the generated API classes, whose
+    # every method is wrapped in pydantic's validate_call, costs more than the rest of the
+    # package's import together, and the runner never uses them (see transport.py).
+    from conductor_client.api.event_api import EventApi
+    from conductor_client.api.metadata_api import MetadataApi
+    from conductor_client.api.task_api import TaskApi
+    from conductor_client.api.workflow_api import WorkflowApi
+    from conductor_client.api.workflow_bulk_api import WorkflowBulkApi
 
 
 class _TimeoutDefaults:
@@ -94,7 +98,7 @@ class ConductorClient:
         for name, value in self.http.headers.items():
             api_client.default_headers[name] = value
         self.api_client: ApiClient = api_client
-        self._apis: dict[type[Any], Any] = {}
+        self._apis: dict[str, Any] = {}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ConductorClient:
@@ -112,31 +116,32 @@ class ConductorClient:
             manager.connection_pool_kw["maxsize"] = size
             manager.clear()  # pools are rebuilt lazily with the new size
 
-    def _api(self, cls: type[Any]) -> Any:
-        api = self._apis.get(cls)
+    def _api(self, module: str, name: str) -> Any:
+        api = self._apis.get(name)
         if api is None:
-            api = self._apis[cls] = cls(self.api_client)
+            cls = getattr(importlib.import_module(f"conductor_client.api.{module}"), name)
+            api = self._apis.setdefault(name, cls(self.api_client))  # one per client
         return api
 
     @property
     def tasks(self) -> TaskApi:
-        return self._api(TaskApi)  # type: ignore[no-any-return]
+        return self._api("task_api", "TaskApi")  # type: ignore[no-any-return]
 
     @property
     def workflows(self) -> WorkflowApi:
-        return self._api(WorkflowApi)  # type: ignore[no-any-return]
+        return self._api("workflow_api", "WorkflowApi")  # type: ignore[no-any-return]
 
     @property
     def workflow_bulk(self) -> WorkflowBulkApi:
-        return self._api(WorkflowBulkApi)  # type: ignore[no-any-return]
+        return self._api("workflow_bulk_api", "WorkflowBulkApi")  # type: ignore[no-any-return]
 
     @property
     def metadata(self) -> MetadataApi:
-        return self._api(MetadataApi)  # type: ignore[no-any-return]
+        return self._api("metadata_api", "MetadataApi")  # type: ignore[no-any-return]
 
     @property
     def events(self) -> EventApi:
-        return self._api(EventApi)  # type: ignore[no-any-return]
+        return self._api("event_api", "EventApi")  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self.api_client.rest_client.pool_manager.clear()
