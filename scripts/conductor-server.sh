@@ -7,7 +7,8 @@
 #   scripts/conductor-server.sh stop     # stops it and deletes its data
 #
 # Environment:
-#   CONDUCTOR_SERVER_VERSION        server version (default: the pin below)
+#   CONDUCTOR_SERVER_VERSION        server version (default: the pin below); 3.21.14 is the
+#                                   pinned old line (Java 17, in-memory store; see below)
 #   CONDUCTOR_SERVER_CACHE          where the jar is cached
 #                                   (default: ${XDG_CACHE_HOME:-$HOME/.cache}/conductor-server)
 #   CONDUCTOR_SERVER_STATE_DIR      where the pid/port state lives (default: <repo>/.conductor);
@@ -15,7 +16,7 @@
 #   CONDUCTOR_SERVER_START_TIMEOUT  seconds to wait for /health (default 180)
 #   CONDUCTOR_SERVER_STOP_TIMEOUT   seconds between TERM and KILL on stop (default 30)
 #   CONDUCTOR_SERVER_JAVA_OPTS      JVM options (default "-Xms256m -Xmx1g")
-#   JAVA_HOME                       preferred JDK (must be 21+)
+#   JAVA_HOME                       preferred JDK (must be 21+; 17+ for the 3.21 line)
 #
 # Progress goes to stderr; stdout carries only the URL.
 set -euo pipefail
@@ -30,9 +31,30 @@ PINNED_VERSION="3.32.3"
 # sha1 of conductor-server-3.32.3-boot.jar as published on Maven Central (checked in addition
 # to the published .sha1 file, so a changed artifact is noticed).
 PINNED_SHA1="06bd2746cba9a238101970e09c9b3e73916a77e0"
-MIN_JAVA=21
+
+# The old line, for the compatibility run of scripts/test.sh: 3.21.14 (boot jar, ~400 MB) runs
+# on Java 17, answers GET /tasks/{id} of a missing task with 204 (not 404) and has update-v2
+# (since 3.21.12). conductor-server-lite, the all-SQLite 3.21 build, is not on Maven Central.
+OLD_PINNED_VERSION="3.21.14"
+OLD_PINNED_SHA1="1b9feda88c519187549649763567d5eee2b898de"
 
 VERSION="${CONDUCTOR_SERVER_VERSION:-$PINNED_VERSION}"
+SERVER_LINE="" MIN_JAVA=21 PREFERRED_JAVA=""
+if [[ ! "$VERSION" =~ ^([0-9]+)\.([0-9]+)\.[0-9A-Za-z.-]+$ ]]; then
+    : # refused by `start`; stop/status/url still work
+elif ((BASH_REMATCH[1] < 3 || (BASH_REMATCH[1] == 3 && BASH_REMATCH[2] < 22))); then
+    # 3.16 .. 3.21 (checked with 3.21.14): Java 17; the jar defaults to a Redis queue
+    # (conductor.queue.type=redis_standalone, from the orkes-conductor-queues library) and
+    # cannot run alone without flags (server_flags in cmd_start).
+    SERVER_LINE="memory"
+    MIN_JAVA=17
+    PREFERRED_JAVA=17 # what the line was built and released for
+else
+    # 3.22 and later: Java 21+, SQLite for data, queues and index by default.
+    SERVER_LINE="sqlite"
+    MIN_JAVA=21
+    PREFERRED_JAVA=""
+fi
 CACHE_DIR="${CONDUCTOR_SERVER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/conductor-server}"
 STATE_DIR="${CONDUCTOR_SERVER_STATE_DIR:-${REPO_ROOT}/.conductor}"
 STATE_FILE="${STATE_DIR}/server.state"
@@ -50,6 +72,14 @@ usage() {
 }
 
 # --- jar ---------------------------------------------------------------------------------------
+
+# pinned_sha1 VERSION: prints the sha1 this script pins for VERSION (nothing when not pinned).
+pinned_sha1() {
+    case "$1" in
+        "$PINNED_VERSION") printf '%s\n' "$PINNED_SHA1" ;;
+        "$OLD_PINNED_VERSION") printf '%s\n' "$OLD_PINNED_SHA1" ;;
+    esac
+}
 
 sha1_of() {
     if command -v sha1sum >/dev/null 2>&1; then
@@ -76,15 +106,16 @@ ensure_jar() {
     mkdir -p "$CACHE_DIR"
     # A per-process .part name: concurrent starts never write the same file, and the final
     # rename is atomic, so the cache only ever holds complete, verified jars.
-    local part="${jar}.part.$$"
+    local part="${jar}.part.$$" pinned
+    pinned="$(pinned_sha1 "$VERSION")"
     if command -v curl >/dev/null 2>&1; then
-        log "downloading ${JAR_URL} (~450 MB) into ${CACHE_DIR}"
+        log "downloading ${JAR_URL} (~400-450 MB) into ${CACHE_DIR}"
         local expected actual
         expected="$(curl -fsSL --retry 3 "${JAR_URL}.sha1" | tr -d '[:space:]')" \
             || die "could not fetch ${JAR_URL}.sha1"
         expected="${expected:0:40}"
-        if [[ "$VERSION" == "$PINNED_VERSION" && "$expected" != "$PINNED_SHA1" ]]; then
-            die "published sha1 ${expected} for ${JAR_NAME} differs from the pinned ${PINNED_SHA1}"
+        if [[ -n "$pinned" && "$expected" != "$pinned" ]]; then
+            die "published sha1 ${expected} for ${JAR_NAME} differs from the pinned ${pinned}"
         fi
         if ! curl -fSL --retry 3 --progress-bar -o "$part" "$JAR_URL"; then
             rm -f "$part"
@@ -108,7 +139,7 @@ ensure_jar() {
         fi
         mv "${tmp}/${JAR_NAME}" "$part"
         rm -rf "$tmp"
-        if [[ "$VERSION" == "$PINNED_VERSION" && "$(sha1_of "$part")" != "$PINNED_SHA1" ]]; then
+        if [[ -n "$pinned" && "$(sha1_of "$part")" != "$pinned" ]]; then
             rm -f "$part"
             die "sha1 mismatch for ${JAR_NAME} fetched by Maven"
         fi
@@ -266,13 +297,14 @@ cmd_start() {
         rm -f "$STATE_FILE"
     fi
 
+    [[ -n "$SERVER_LINE" ]] || die "CONDUCTOR_SERVER_VERSION must look like 3.32.3, got '${VERSION}'"
     [[ "$START_TIMEOUT" =~ ^[0-9]+$ ]] || die "CONDUCTOR_SERVER_START_TIMEOUT must be whole seconds"
     command -v python3 >/dev/null 2>&1 || die "python3 is needed (to pick a free port)"
 
     local jar java
     jar="$(ensure_jar)" || exit 1
-    java="$(find_java "$MIN_JAVA")" || die "Conductor ${VERSION} needs Java ${MIN_JAVA}+"
-    local -a java_opts
+    java="$(find_java "$MIN_JAVA" "$PREFERRED_JAVA")" || die "Conductor ${VERSION} needs Java ${MIN_JAVA}+"
+    local -a java_opts server_flags
     read -r -a java_opts <<<"$JAVA_OPTS"
 
     trap cleanup_failed_start EXIT
@@ -286,18 +318,44 @@ cmd_start() {
         PORT="$(free_port)"
         URL="http://127.0.0.1:${PORT}/api"
         local root="http://127.0.0.1:${PORT}" logfile="${DATA_DIR}/server.log"
+        if [[ "$SERVER_LINE" == "sqlite" ]]; then
+            # file-storage.parentDir: the AI module otherwise creates ~/worker-payload (from the
+            # JVM's user.home, which ignores $HOME).
+            server_flags=(
+                "--spring.datasource.url=jdbc:sqlite:${DATA_DIR}/conductor.db?busy_timeout=15000&journal_mode=WAL"
+                "--conductor.file-storage.parentDir=${DATA_DIR}/worker-payload"
+            )
+        else
+            # Self-contained on 3.21.x (read from the v3.21.14 source):
+            # - conductor.db.type=memory: redis-persistence's InMemoryRedisConfiguration, data
+            #   in an in-process JedisMock (gone when the server stops);
+            # - conductor.queue.type=memory: any value but redis_standalone/_sentinel/_cluster
+            #   switches off orkes-conductor-queues' RedisQueueConfiguration (which would
+            #   connect to localhost:6379), so the queues are redis-persistence's DynoQueueDAO
+            #   on that same JedisMock;
+            # - indexing.enabled=false: no Elasticsearch (a no-op index: task logs and
+            #   search are not kept);
+            # - loadSample=false: no kitchensink sample definitions and workflows.
+            # (The SQLite store of 3.21.14, db and queue type sqlite, starts, but fails
+            # workflows with SQLITE_BUSY as soon as two run at once and hands an IN_PROGRESS
+            # task out again before its callbackAfterSeconds.)
+            server_flags=(
+                --conductor.db.type=memory
+                --conductor.queue.type=memory
+                --conductor.indexing.enabled=false
+                --conductor.app.ownerEmailMandatory=false
+                --loadSample=false
+            )
+        fi
         log "starting Conductor ${VERSION} on 127.0.0.1:${PORT} with $("$java" -version 2>&1 | head -n1)"
         log "  data and logs: ${DATA_DIR}"
         # cwd is the data dir so anything the server writes relative to it stays in there.
-        # file-storage.parentDir: the AI module otherwise creates ~/worker-payload (from the
-        # JVM's user.home, which ignores $HOME).
         (
             cd "$DATA_DIR"
             exec nohup "$java" "${java_opts[@]}" -jar "$jar" \
                 --server.address=127.0.0.1 \
                 "--server.port=${PORT}" \
-                "--spring.datasource.url=jdbc:sqlite:${DATA_DIR}/conductor.db?busy_timeout=15000&journal_mode=WAL" \
-                "--conductor.file-storage.parentDir=${DATA_DIR}/worker-payload" \
+                "${server_flags[@]}" \
                 </dev/null >"$logfile" 2>&1
         ) &
         PID=$!

@@ -3,11 +3,14 @@
 # then run pytest against ONE real Conductor server started for this run.
 #
 #   scripts/test.sh                 # everything
-#   scripts/test.sh -k fixture -x   # arguments go to pytest
+#   scripts/test.sh -k fixture -x   # arguments go to pytest (and no compatibility run)
+#
+# A full run (no arguments) then runs the tests marked `compat` once more, against the pinned
+# old server line (3.21.14 on Java 17), after the main suite and with its server stopped.
 #
 # All steps run even when an earlier one fails, so one run reports every problem; the exit
 # status is non-zero if any failed. With CI set (truthy) the integration tests may not be
-# skipped: a server that cannot start fails the run.
+# skipped: a server that cannot start (either one) fails the run.
 set -euo pipefail
 
 # shellcheck source=scripts/_common.sh
@@ -44,12 +47,14 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 unset CONDUCTOR_SERVER_UNAVAILABLE
+own_server=""
 if [[ -n "${CONDUCTOR_SERVER_URL:-}" ]]; then
     log "using the Conductor server at CONDUCTOR_SERVER_URL=${CONDUCTOR_SERVER_URL}"
 else
     CONDUCTOR_SERVER_STATE_DIR="$server_state" bash scripts/conductor-server.sh start \
         >"${server_state}/start.out" 2>"${server_state}/start.err" &
     server_pid=$!
+    own_server=1
 fi
 
 # --- checks ------------------------------------------------------------------------------------
@@ -108,6 +113,30 @@ pytest_step() {
     return "$rc"
 }
 step "pytest" pytest_step "$@"
+
+# --- compatibility run: the `compat` tests against the old server line ------------------------
+# The session fixture (tests/conftest.py) starts the server itself, downloading its jar on a
+# cold cache, and stops it at the end; in CI a server that cannot start fails the step.
+COMPAT_SERVER_VERSION="3.21.14" # pinned (sha1, Java, flags) in scripts/conductor-server.sh
+
+# shellcheck disable=SC2329  # invoked through `step`
+compat_step() {
+    (
+        unset CONDUCTOR_SERVER_URL CONDUCTOR_SERVER_UNAVAILABLE
+        export CONDUCTOR_SERVER_VERSION="$COMPAT_SERVER_VERSION"
+        pytest_step -m compat tests/integration
+    )
+}
+if (($# == 0)); then
+    if [[ -n "$own_server" ]]; then
+        # Two JVMs on a 2-core machine slow each other down: the main one is done.
+        CONDUCTOR_SERVER_STATE_DIR="$server_state" bash scripts/conductor-server.sh stop || true
+    fi
+    step "pytest compat (server ${COMPAT_SERVER_VERSION})" compat_step
+else
+    log ""
+    log "(compatibility run against server ${COMPAT_SERVER_VERSION} skipped: pytest arguments given)"
+fi
 
 # --- summary -----------------------------------------------------------------------------------
 log ""

@@ -231,6 +231,7 @@ def test_three_simple_tasks_completed_through_the_three_update_calls(
     assert all(t.status == cc.TaskStatus.COMPLETED for t in workflow.tasks)
 
 
+@pytest.mark.compat
 def test_update_task_v2_hands_out_the_next_task_of_the_same_type(
     server: Server, unique: Callable[[str], str]
 ) -> None:
@@ -271,6 +272,7 @@ def test_update_task_v2_hands_out_the_next_task_of_the_same_type(
         server.wait_for_workflow(workflow_id, cc.WorkflowStatus.COMPLETED)
 
 
+@pytest.mark.compat
 def test_empty_batch_poll_is_an_empty_list(server: Server, unique: Callable[[str], str]) -> None:
     polled = server.tasks.batch_poll(
         unique("gen_client_nothing"), workerid=WORKER_ID, count=5, timeout=100

@@ -98,6 +98,7 @@ async def summarize(paid: bool, amount: Decimal) -> str:
     return f"{'paid' if paid else 'unpaid'} {amount}"
 
 
+@pytest.mark.compat
 def test_sync_and_async_workers_run_a_workflow_with_converted_inputs_and_outputs(
     conductor: Conductor, runner: TaskRunner
 ) -> None:
@@ -160,6 +161,7 @@ def test_sync_and_async_workers_run_a_workflow_with_converted_inputs_and_outputs
 # -- 2. IN_PROGRESS with a callback ------------------------------------------------------------
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_in_progress_task_is_polled_again_after_its_callback_then_completes(
     kind: str, conductor: Conductor, runner: TaskRunner
@@ -268,6 +270,7 @@ def object_output() -> dict[str, Any]:
     return {"items": [1, object()]}
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize(
     ("fn", "inputs", "reason"),
     [
@@ -312,6 +315,7 @@ def test_terminal_failures_are_not_retried(
 # -- 5. TaskExecutor: finishing parked tasks from outside a worker -----------------------------
 
 
+@pytest.mark.compat
 def test_task_executor_completes_parked_tasks_by_id_and_by_reference_name(
     conductor: Conductor, runner: TaskRunner, client: ConductorClient
 ) -> None:

@@ -6,8 +6,9 @@ elsewhere), and some other code finishes it later by id or by its reference name
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from conductor_client.exceptions import NotFoundException
 from conductor_client.models import Task, TaskResult, TaskResultStatus
 from conductor_worker.client import ConductorClient
 from conductor_worker.options import default_worker_id
@@ -23,8 +24,16 @@ class TaskExecutor:
         self.worker_id = worker_id or default_worker_id()
 
     def get_task(self, task_id: str) -> Task:
-        """The task with this id, with its status, input and output."""
-        return self.client.tasks.get_task(task_id)
+        """The task with this id, with its status, input and output.
+
+        Raises `NotFoundException` when there is none, on every server: older ones (3.21.14
+        does) answer an unknown id with an empty 204, which the generated client returns as
+        None.
+        """
+        task = cast("Task | None", self.client.tasks.get_task(task_id))
+        if task is None:
+            raise NotFoundException(status=404, reason=f"no task with id {task_id!r}")
+        return task
 
     def update_task(
         self,
