@@ -13,11 +13,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
+import urllib3
 from prometheus_client import CollectorRegistry
 
 from conductor_client.models import (
@@ -239,6 +242,47 @@ def describe_workflow(workflow: Workflow) -> str:
     )
     status = workflow.status.value if workflow.status else None
     return f"{workflow.workflow_id} {status} [{tasks}]"
+
+
+# -- how the server lines differ ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """How one server version answers where the lines differ (checked in test_server_compat.py)."""
+
+    empty_batch_poll_status: int  # GET /tasks/poll/batch/{type} with nothing queued
+    missing_task_status: int  # GET /tasks/{id} for an id that does not exist
+    has_update_v2: bool  # POST /tasks/update-v2
+    keeps_task_logs: bool  # POST /tasks/{id}/log is stored and read back
+
+
+FACTS = {
+    # conductor-server 3.32.3 (boot jar, SQLite store): the pinned server.
+    "3.32.3": ServerFacts(200, 404, has_update_v2=True, keeps_task_logs=True),
+    # conductor-server 3.21.14 (boot jar, in-memory store, no index) on Java 17. Its controller
+    # has a 204 branch for an empty batch poll, but the service always returns a list, so the
+    # answer is 200 []. Task logs go to the index, which is off, so they are dropped.
+    "3.21.14": ServerFacts(200, 204, has_update_v2=True, keeps_task_logs=False),
+}
+
+
+@pytest.fixture(scope="session")
+def server_version(conductor_url: str) -> str | None:
+    """The session server's version: its /api/version (3.22 and later answer it), else
+    CONDUCTOR_SERVER_VERSION (the version the session started, or the one declared for
+    CONDUCTOR_SERVER_URL), else None."""
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(total=10.0), retries=False)
+    answer = http.request("GET", f"{conductor_url}/version")
+    text = answer.data.decode("utf-8", "replace").strip()
+    if answer.status == 200 and text[:1].isdigit():
+        return text
+    return os.environ.get("CONDUCTOR_SERVER_VERSION") or None
+
+
+@pytest.fixture(scope="session")
+def facts(server_version: str | None) -> ServerFacts | None:
+    return FACTS.get(server_version or "")
 
 
 @pytest.fixture

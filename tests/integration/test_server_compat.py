@@ -2,15 +2,16 @@
 
 Every test here carries the ``compat`` marker, as do the core runner tests elsewhere in
 ``tests/integration`` (a workflow of sync and async workers, IN_PROGRESS with a callback,
-terminal failures, lease extension, TaskExecutor, update-v2). ``scripts/test.sh`` runs them
-twice: in the main run against the pinned server (3.32.3), then once more against the pinned
-old line::
+terminal failures and server retries, lease extension, TaskExecutor, update-v2).
+``scripts/test.sh`` runs them twice: in the main run against the pinned server (3.32.3), then
+once more against the pinned old line::
 
     CONDUCTOR_SERVER_VERSION=3.21.14 pytest -m compat    # the session starts that server
 
 The tests assert what a user of the SDK sees, which must be the same on every line; where the
-servers' raw answers differ, ``FACTS`` records what each pinned server answers and the tests
-check it (on a server not listed, only the SDK's behaviour is checked).
+servers' raw answers differ, ``FACTS`` (tests/integration/conftest.py) records what each pinned
+server answers and the tests check it (on a server not listed, only the SDK's behaviour is
+checked).
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
@@ -29,55 +28,18 @@ from prometheus_client import CollectorRegistry
 
 import conductor_client as cc
 from conductor_client.exceptions import NotFoundException
-from conductor_client.models import TaskStatus, WorkflowStatus
+from conductor_client.models import WorkflowStatus
 from conductor_worker import ConductorClient, TaskExecutor, TaskRunner, task_context
 
 pytestmark = pytest.mark.compat
 
-# The fixtures' helper (tests/integration/conftest.py); typed loosely here because a test module
-# does not import its conftest.
+# The fixtures' helper and the server facts (tests/integration/conftest.py); typed loosely here
+# because a test module does not import its conftest.
 Conductor = Any
+ServerFacts = Any
 
 POLL_INTERVAL = 0.1
 WORKER_ID = "compat-test"
-
-
-@dataclass(frozen=True)
-class ServerFacts:
-    """How one server version answers where the lines differ (checked below)."""
-
-    empty_batch_poll_status: int  # GET /tasks/poll/batch/{type} with nothing queued
-    missing_task_status: int  # GET /tasks/{id} for an id that does not exist
-    has_update_v2: bool  # POST /tasks/update-v2
-    keeps_task_logs: bool  # POST /tasks/{id}/log is stored and read back
-
-
-FACTS = {
-    # conductor-server 3.32.3 (boot jar, SQLite store): the pinned server.
-    "3.32.3": ServerFacts(200, 404, has_update_v2=True, keeps_task_logs=True),
-    # conductor-server 3.21.14 (boot jar, in-memory store, no index) on Java 17. Its controller
-    # has a 204 branch for an empty batch poll, but the service always returns a list, so the
-    # answer is 200 []. Task logs go to the index, which is off, so they are dropped.
-    "3.21.14": ServerFacts(200, 204, has_update_v2=True, keeps_task_logs=False),
-}
-
-
-@pytest.fixture(scope="session")
-def server_version(conductor_url: str) -> str | None:
-    """The session server's version: its /api/version (3.22 and later answer it), else
-    CONDUCTOR_SERVER_VERSION (the version the session started, or the one declared for
-    CONDUCTOR_SERVER_URL), else None."""
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(total=10.0), retries=False)
-    answer = http.request("GET", f"{conductor_url}/version")
-    text = answer.data.decode("utf-8", "replace").strip()
-    if answer.status == 200 and text[:1].isdigit():
-        return text
-    return os.environ.get("CONDUCTOR_SERVER_VERSION") or None
-
-
-@pytest.fixture(scope="session")
-def facts(server_version: str | None) -> ServerFacts | None:
-    return FACTS.get(server_version or "")
 
 
 def series_total(registry: CollectorRegistry, name: str, task_type: str) -> float:
@@ -225,44 +187,3 @@ def test_results_go_back_by_update_v2_which_hands_over_the_next_task(
     else:
         assert transport.update_v2_supported is False  # it was tried and fell back
         assert polls >= count
-
-
-@pytest.mark.timeout(60)
-def test_a_failed_attempt_is_retried_by_the_server_and_the_retry_completes(
-    conductor: Conductor,
-    runner: TaskRunner,
-    client: ConductorClient,
-    facts: ServerFacts | None,
-) -> None:
-    task_type = conductor.task_def("compat_flaky", retry_count=1, retry_delay_seconds=0)
-    workflow_name = conductor.workflow_def(
-        [conductor.simple_task(task_type, "flaky", {"order": "${workflow.input.order}"})],
-        output_parameters={"result": "${flaky.output}"},
-    )
-
-    def flaky(order: str) -> dict[str, Any]:
-        context = task_context()
-        context.add_log(f"attempt {context.retry_count} for {order}")
-        if context.retry_count == 0:
-            raise RuntimeError(f"warehouse offline for {order}")
-        return {"order": order, "attempt": context.retry_count}
-
-    runner.start_worker(task_type, flaky, poll_interval=POLL_INTERVAL)
-    started = time.monotonic()
-    workflow = conductor.wait_for_workflow(conductor.start(workflow_name, {"order": "o-9"}))
-
-    assert workflow.status is WorkflowStatus.COMPLETED, workflow.reason_for_incompletion
-    assert workflow.output == {"result": {"order": "o-9", "attempt": 1}}
-    failed, retried = workflow.tasks or []
-    assert failed.status is TaskStatus.FAILED
-    assert failed.reason_for_incompletion == "warehouse offline for o-9"
-    assert retried.status is TaskStatus.COMPLETED
-    assert retried.retry_count == 1
-    assert time.monotonic() - started < 30
-
-    # The logs were sent with each result; whether the server keeps them depends on its store.
-    logs = [entry.log for entry in client.tasks.get_task_logs(retried.task_id or "")]
-    if facts is not None and not facts.keeps_task_logs:
-        assert logs == []
-    elif facts is not None:
-        assert logs == ["attempt 1 for o-9"]
