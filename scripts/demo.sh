@@ -54,7 +54,7 @@ if [[ -n "${CONDUCTOR_SERVER_URL:-}" ]]; then
     log "demo: using the Conductor server at CONDUCTOR_SERVER_URL=${CONDUCTOR_SERVER_URL}"
 else
     server_state="$(mktemp -d "${TMPDIR:-/tmp}/conductor-demo-server.XXXXXX")"
-    log "demo: starting a local Conductor server (the first run downloads it, ~450 MB)"
+    log "demo: starting a local Conductor server (its ~450 MB jar is downloaded on the first run only)"
     # In a session of its own where possible, so that a Ctrl-C in the terminal does not kill
     # the server under the workers while they drain; the EXIT trap stops it. In the background
     # with `wait`, so that a signal interrupts the wait at once.
