@@ -456,6 +456,30 @@ def test_old_server_without_update_v2_and_with_204_for_empty_polls() -> None:
         assert_doubled_exactly_once(fake, first | second)
 
 
+def test_rebuilt_connection_pools_and_redirects_lose_nothing() -> None:
+    # The transport keeps the host's connection pool; set_batch_size() makes the client
+    # rebuild its pools, and a redirect goes back through the pool manager, as before.
+    with FakeConductorServer() as fake:
+        with running(fake) as run:
+            first = add_numbers(fake, 4)
+            fake.wait_for_results(first)
+            run.runner.set_batch_size(TASK, 20)  # ensure_pool_size() replaces the pools
+            second = add_numbers(fake, 4, start=100)
+            fake.wait_for_results(second)
+            pool = run.runner._transport._pool
+            assert pool is not None
+            assert pool.pool is not None
+            assert pool.pool.maxsize >= 20  # the transport took the resized pool
+            redirect = FakeResponse(307, headers={"Location": "/api/tasks/poll/batch/elsewhere"})
+            fake.inject(POLL_PATH, redirect, count=1)
+            third = add_numbers(fake, 4, start=200)
+            fake.wait_for_results(third)
+            assert 307 in statuses(fake, POLL_PATH)
+            assert run.metric("task_update_error_total") == 0
+            assert run.stop()
+        assert_doubled_exactly_once(fake, first | second | third)
+
+
 # -- malformed answers ---------------------------------------------------------------------------
 
 
