@@ -91,8 +91,9 @@ def task_json(task_type: str, task_id: str, workflow_id: str) -> bytes:
     t["referenceTaskName"] = task_type + "_ref"
     t["workflowInstanceId"] = workflow_id
     t["taskId"] = task_id
-    t["workflowTask"] = dict(TEMPLATE["workflowTask"], name=task_type,
-                             taskReferenceName=task_type + "_ref")
+    t["workflowTask"] = dict(
+        TEMPLATE["workflowTask"], name=task_type, taskReferenceName=task_type + "_ref"
+    )
     t = {k: v for k, v in t.items() if v is not None}
     return json.dumps(t, separators=(",", ":")).encode()
 
@@ -103,9 +104,11 @@ class State:
 
     def reset(self) -> None:
         self.queues: dict[str, collections.deque[tuple[str, bytes, float, bool]]] = (
-            collections.defaultdict(collections.deque))
+            collections.defaultdict(collections.deque)
+        )
         self.waiters: dict[str, collections.deque[tuple[asyncio.Future, int]]] = (
-            collections.defaultdict(collections.deque))
+            collections.defaultdict(collections.deque)
+        )
         self.handed: dict[str, tuple[str, float, bool]] = {}  # id -> (type, enqueued, timed)
         self.requests = 0
         self.requests_by_kind: collections.Counter[str] = collections.Counter()
@@ -226,17 +229,25 @@ class HttpProtocol(asyncio.Protocol):
                     close = True
             if len(self.buf) < end + 4 + length:
                 return
-            body = self.buf[end + 4:end + 4 + length]
-            self.buf = self.buf[end + 4 + length:]
+            body = self.buf[end + 4 : end + 4 + length]
+            self.buf = self.buf[end + 4 + length :]
             method, target, _ = lines[0].split(b" ", 2)
             self.handle(method.decode(), target.decode(), body, close)
 
-    def send(self, status: int, body: bytes = b"", ctype: bytes = b"application/json",
-             close: bool = False) -> None:
+    def send(
+        self,
+        status: int,
+        body: bytes = b"",
+        ctype: bytes = b"application/json",
+        close: bool = False,
+    ) -> None:
         if self.transport.is_closing():
             return
-        head = b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n" % (status, REASONS.get(status, b"X"),
-                                                             len(body))
+        head = b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n" % (
+            status,
+            REASONS.get(status, b"X"),
+            len(body),
+        )
         if body:
             head += b"Content-Type: " + ctype + b"\r\n"
         if close:
@@ -251,7 +262,7 @@ class HttpProtocol(asyncio.Protocol):
         if not path.startswith("/ctl/"):
             st.requests += 1
         if path.startswith("/api/tasks/poll/batch/") and method == "GET":
-            task_type = unquote(path[len("/api/tasks/poll/batch/"):])
+            task_type = unquote(path[len("/api/tasks/poll/batch/") :])
             st.requests_by_kind["poll"] += 1
             st.polls_by_type[task_type] += 1
             if task_type not in st.first_poll:
@@ -266,9 +277,14 @@ class HttpProtocol(asyncio.Protocol):
             fut = asyncio.get_running_loop().create_future()
             st.waiters[task_type].append((fut, count))
             handle = asyncio.get_running_loop().call_later(
-                timeout_ms / 1000.0, lambda: fut.done() or fut.set_result([]))
-            fut.add_done_callback(lambda f: (handle.cancel(), self.send(
-                200, b"[" + b",".join(f.result()) + b"]", close=close)))
+                timeout_ms / 1000.0, lambda: fut.done() or fut.set_result([])
+            )
+            fut.add_done_callback(
+                lambda f: (
+                    handle.cancel(),
+                    self.send(200, b"[" + b",".join(f.result()) + b"]", close=close),
+                )
+            )
             return
         if path == "/api/tasks/update-v2" and method == "POST":
             st.requests_by_kind["update_v2"] += 1
@@ -287,8 +303,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         if path == "/ctl/load":
             q = parse_qs(query)
-            t = st.load(q["types"][0].split(","), int(q.get("n", ["1"])[0]),
-                        q.get("timed", ["0"])[0] == "1")
+            t = st.load(
+                q["types"][0].split(","), int(q.get("n", ["1"])[0]), q.get("timed", ["0"])[0] == "1"
+            )
             self.send(200, json.dumps({"loaded_at": t}).encode(), close=close)
             return
         if path == "/ctl/stats":
