@@ -24,13 +24,13 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from conductor_client.models import Task
 from conductor_worker.client import ConductorClient
-from conductor_worker.concurrency import EventLoopThread, ThreadPool
+from conductor_worker.concurrency import ThreadPool
 from conductor_worker.context import TaskContext
 from conductor_worker.declarations import declarations_of, unique
 from conductor_worker.delivery import PendingResult, Redelivery, RetryPolicy, UndeliveredHook
@@ -46,6 +46,9 @@ from conductor_worker.lease import LeaseKeeper
 from conductor_worker.metrics import TaskTypeMetrics, metrics_for
 from conductor_worker.options import WorkerOptions, apply_environment
 from conductor_worker.transport import MalformedTask, ServerError, Transport
+
+if TYPE_CHECKING:
+    from conductor_worker.event_loop import EventLoopThread
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,8 @@ class TaskRunner:
                 return
             function = WorkerFunction(fn)
             if function.is_async and self._loop is None:
+                from conductor_worker.event_loop import EventLoopThread  # imports asyncio
+
                 self._loop = EventLoopThread()
             worker = _TaskTypeWorker(self, task_type, function, options)
             self._workers[task_type] = worker
