@@ -114,6 +114,7 @@ class State:
         self.requests_by_kind: collections.Counter[str] = collections.Counter()
         self.polls_by_type: collections.Counter[str] = collections.Counter()
         self.first_poll: dict[str, float] = {}
+        self.last_poll: dict[str, float] = {}
         self.completed = 0
         self.unknown_updates = 0
         self.handed_out = 0
@@ -189,6 +190,7 @@ class State:
             "requests_by_kind": dict(self.requests_by_kind),
             "polls_by_type": dict(self.polls_by_type),
             "first_poll": self.first_poll,
+            "last_poll": self.last_poll,
             "completed": self.completed,
             "handed_out": self.handed_out,
             "unknown_updates": self.unknown_updates,
@@ -265,8 +267,9 @@ class HttpProtocol(asyncio.Protocol):
             task_type = unquote(path[len("/api/tasks/poll/batch/") :])
             st.requests_by_kind["poll"] += 1
             st.polls_by_type[task_type] += 1
-            if task_type not in st.first_poll:
-                st.first_poll[task_type] = time.time()
+            now = time.time()
+            st.first_poll.setdefault(task_type, now)
+            st.last_poll[task_type] = now
             q = parse_qs(query)
             count = int(q.get("count", ["1"])[0])
             timeout_ms = int(q.get("timeout", ["100"])[0])
