@@ -91,8 +91,9 @@ def task_json(task_type: str, task_id: str, workflow_id: str) -> bytes:
     t["referenceTaskName"] = task_type + "_ref"
     t["workflowInstanceId"] = workflow_id
     t["taskId"] = task_id
-    t["workflowTask"] = dict(TEMPLATE["workflowTask"], name=task_type,
-                             taskReferenceName=task_type + "_ref")
+    t["workflowTask"] = dict(
+        TEMPLATE["workflowTask"], name=task_type, taskReferenceName=task_type + "_ref"
+    )
     t = {k: v for k, v in t.items() if v is not None}
     return json.dumps(t, separators=(",", ":")).encode()
 
@@ -103,14 +104,17 @@ class State:
 
     def reset(self) -> None:
         self.queues: dict[str, collections.deque[tuple[str, bytes, float, bool]]] = (
-            collections.defaultdict(collections.deque))
+            collections.defaultdict(collections.deque)
+        )
         self.waiters: dict[str, collections.deque[tuple[asyncio.Future, int]]] = (
-            collections.defaultdict(collections.deque))
+            collections.defaultdict(collections.deque)
+        )
         self.handed: dict[str, tuple[str, float, bool]] = {}  # id -> (type, enqueued, timed)
         self.requests = 0
         self.requests_by_kind: collections.Counter[str] = collections.Counter()
         self.polls_by_type: collections.Counter[str] = collections.Counter()
         self.first_poll: dict[str, float] = {}
+        self.last_poll: dict[str, float] = {}
         self.completed = 0
         self.unknown_updates = 0
         self.handed_out = 0
@@ -186,6 +190,7 @@ class State:
             "requests_by_kind": dict(self.requests_by_kind),
             "polls_by_type": dict(self.polls_by_type),
             "first_poll": self.first_poll,
+            "last_poll": self.last_poll,
             "completed": self.completed,
             "handed_out": self.handed_out,
             "unknown_updates": self.unknown_updates,
@@ -226,17 +231,25 @@ class HttpProtocol(asyncio.Protocol):
                     close = True
             if len(self.buf) < end + 4 + length:
                 return
-            body = self.buf[end + 4:end + 4 + length]
-            self.buf = self.buf[end + 4 + length:]
+            body = self.buf[end + 4 : end + 4 + length]
+            self.buf = self.buf[end + 4 + length :]
             method, target, _ = lines[0].split(b" ", 2)
             self.handle(method.decode(), target.decode(), body, close)
 
-    def send(self, status: int, body: bytes = b"", ctype: bytes = b"application/json",
-             close: bool = False) -> None:
+    def send(
+        self,
+        status: int,
+        body: bytes = b"",
+        ctype: bytes = b"application/json",
+        close: bool = False,
+    ) -> None:
         if self.transport.is_closing():
             return
-        head = b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n" % (status, REASONS.get(status, b"X"),
-                                                             len(body))
+        head = b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n" % (
+            status,
+            REASONS.get(status, b"X"),
+            len(body),
+        )
         if body:
             head += b"Content-Type: " + ctype + b"\r\n"
         if close:
@@ -251,11 +264,12 @@ class HttpProtocol(asyncio.Protocol):
         if not path.startswith("/ctl/"):
             st.requests += 1
         if path.startswith("/api/tasks/poll/batch/") and method == "GET":
-            task_type = unquote(path[len("/api/tasks/poll/batch/"):])
+            task_type = unquote(path[len("/api/tasks/poll/batch/") :])
             st.requests_by_kind["poll"] += 1
             st.polls_by_type[task_type] += 1
-            if task_type not in st.first_poll:
-                st.first_poll[task_type] = time.time()
+            now = time.time()
+            st.first_poll.setdefault(task_type, now)
+            st.last_poll[task_type] = now
             q = parse_qs(query)
             count = int(q.get("count", ["1"])[0])
             timeout_ms = int(q.get("timeout", ["100"])[0])
@@ -266,9 +280,14 @@ class HttpProtocol(asyncio.Protocol):
             fut = asyncio.get_running_loop().create_future()
             st.waiters[task_type].append((fut, count))
             handle = asyncio.get_running_loop().call_later(
-                timeout_ms / 1000.0, lambda: fut.done() or fut.set_result([]))
-            fut.add_done_callback(lambda f: (handle.cancel(), self.send(
-                200, b"[" + b",".join(f.result()) + b"]", close=close)))
+                timeout_ms / 1000.0, lambda: fut.done() or fut.set_result([])
+            )
+            fut.add_done_callback(
+                lambda f: (
+                    handle.cancel(),
+                    self.send(200, b"[" + b",".join(f.result()) + b"]", close=close),
+                )
+            )
             return
         if path == "/api/tasks/update-v2" and method == "POST":
             st.requests_by_kind["update_v2"] += 1
@@ -287,8 +306,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         if path == "/ctl/load":
             q = parse_qs(query)
-            t = st.load(q["types"][0].split(","), int(q.get("n", ["1"])[0]),
-                        q.get("timed", ["0"])[0] == "1")
+            t = st.load(
+                q["types"][0].split(","), int(q.get("n", ["1"])[0]), q.get("timed", ["0"])[0] == "1"
+            )
             self.send(200, json.dumps({"loaded_at": t}).encode(), close=close)
             return
         if path == "/ctl/stats":

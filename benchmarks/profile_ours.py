@@ -48,14 +48,19 @@ def main() -> None:
 
             return json.loads(http.request("GET", base + "/ctl/stats").data)
 
-        from conductor_worker import ConductorClient, HttpSettings, TaskRunner
         from ours import noop, noop_async
+
+        from conductor_worker import ConductorClient, HttpSettings, TaskRunner
 
         types = [f"prof_{i}" for i in range(a.types)]
         runner = TaskRunner(ConductorClient(http=HttpSettings(base + "/api")))
         for t in types:
-            runner.start_worker(t, noop_async if a.mode == "async" else noop,
-                                batch_size=a.concurrency, poll_interval=0.1)
+            runner.start_worker(
+                t,
+                noop_async if a.mode == "async" else noop,
+                batch_size=a.concurrency,
+                poll_interval=0.1,
+            )
         while len(stats()["first_poll"]) < len(types):
             time.sleep(0.05)
         per = a.tasks // len(types)
@@ -71,8 +76,10 @@ def main() -> None:
         yappi.stop()
         runner.shutdown(5)
         n = per * len(types)
-        print(f"{n} tasks, {wall:.2f} s wall, {1000 * cpu / n:.3f} ms CPU/task (profiled; "
-              f"the profiler itself inflates this)")
+        print(
+            f"{n} tasks, {wall:.2f} s wall, {1000 * cpu / n:.3f} ms CPU/task (profiled; "
+            f"the profiler itself inflates this)"
+        )
         stats_ = yappi.get_func_stats()
         total = sum(s.tsub for s in stats_)
         for key, title in (("tsub", "own time"), ("ttot", "inclusive time")):

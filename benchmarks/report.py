@@ -1,6 +1,6 @@
 """latest.md (a table with ratios) and latest.png (a chart of the ratios) from latest.json.
 
-    python benchmarks/report.py [benchmarks/results]     # re-render from an existing latest.json
+python benchmarks/report.py [benchmarks/results]     # re-render from an existing latest.json
 """
 
 from __future__ import annotations
@@ -95,10 +95,20 @@ def write_chart(summary: dict[str, Any], out: Path) -> None:
     vs_raw = [advantage(summary["figures"][k], "raw") for k in keys]
     fig, ax = plt.subplots(figsize=(10, 0.38 * len(keys) + 1.5))
     y = list(range(len(keys)))
-    ax.barh([i + 0.2 for i in y], vs_cp, height=0.4, label="ours vs conductor-python 2.0.0",
-            color="#2b7bba")
-    ax.barh([i - 0.2 for i in y], [r if r is not None else 0 for r in vs_raw], height=0.4,
-            label="ours vs raw urllib3 floor", color="#999999")
+    ax.barh(
+        [i + 0.2 for i in y],
+        vs_cp,
+        height=0.4,
+        label="ours vs conductor-python 2.0.0",
+        color="#2b7bba",
+    )
+    ax.barh(
+        [i - 0.2 for i in y],
+        [r if r is not None else 0 for r in vs_raw],
+        height=0.4,
+        label="ours vs raw urllib3 floor",
+        color="#999999",
+    )
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_yticks(y)

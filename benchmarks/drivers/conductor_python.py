@@ -13,7 +13,7 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import parse_args  # noqa: E402
+from common import parse_args
 
 
 def noop() -> dict:

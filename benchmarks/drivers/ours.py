@@ -7,9 +7,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import parse_args  # noqa: E402
+from common import parse_args
 
-from conductor_worker import ConductorClient, HttpSettings, TaskRunner  # noqa: E402
+from conductor_worker import ConductorClient, HttpSettings, TaskRunner
 
 
 def noop() -> dict[str, bool]:

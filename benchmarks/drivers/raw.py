@@ -3,6 +3,7 @@ that batch-polls (long poll) and reports each result with POST /tasks. Until SIG
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,9 +13,8 @@ from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import urllib3  # noqa: E402
-
-from common import parse_args  # noqa: E402
+import urllib3
+from common import parse_args
 
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 POLL_TIMEOUT_MS = 2000
@@ -24,10 +24,18 @@ def noop() -> dict[str, bool]:
     return {"ok": True}
 
 
-def loop(pool: urllib3.PoolManager, base: str, task_type: str, count: int, interval: float,
-         stop: threading.Event) -> None:
-    poll_url = f"{base}/tasks/poll/batch/{quote(task_type, safe='')}?workerid=raw&count={count}" \
-               f"&timeout={POLL_TIMEOUT_MS}"
+def loop(
+    pool: urllib3.PoolManager,
+    base: str,
+    task_type: str,
+    count: int,
+    interval: float,
+    stop: threading.Event,
+) -> None:
+    poll_url = (
+        f"{base}/tasks/poll/batch/{quote(task_type, safe='')}?workerid=raw&count={count}"
+        f"&timeout={POLL_TIMEOUT_MS}"
+    )
     update_url = f"{base}/tasks"
     timeout = urllib3.Timeout(connect=5, read=30)
     while not stop.is_set():
@@ -48,11 +56,14 @@ def loop(pool: urllib3.PoolManager, base: str, task_type: str, count: int, inter
                 "status": "COMPLETED",
                 "outputData": noop(),
             }
-            try:
-                pool.request("POST", update_url, body=json.dumps(result).encode(),
-                             headers=HEADERS, timeout=timeout)
-            except Exception:
-                pass
+            with contextlib.suppress(Exception):
+                pool.request(
+                    "POST",
+                    update_url,
+                    body=json.dumps(result).encode(),
+                    headers=HEADERS,
+                    timeout=timeout,
+                )
 
 
 def main() -> None:
@@ -62,8 +73,11 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threads = [
-        threading.Thread(target=loop, args=(pool, args.url.rstrip("/"), t, args.concurrency,
-                                            args.poll_interval, stop), daemon=True)
+        threading.Thread(
+            target=loop,
+            args=(pool, args.url.rstrip("/"), t, args.concurrency, args.poll_interval, stop),
+            daemon=True,
+        )
         for t in types
     ]
     for thread in threads:

@@ -11,7 +11,8 @@ from concurrent.futures import Future
 
 import pytest
 
-from conductor_worker.concurrency import EventLoopThread, ThreadPool
+from conductor_worker.concurrency import ThreadPool
+from conductor_worker.event_loop import EventLoopThread
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -456,6 +456,30 @@ def test_old_server_without_update_v2_and_with_204_for_empty_polls() -> None:
         assert_doubled_exactly_once(fake, first | second)
 
 
+def test_rebuilt_connection_pools_and_redirects_lose_nothing() -> None:
+    # The transport keeps the host's connection pool; set_batch_size() makes the client
+    # rebuild its pools, and a redirect goes back through the pool manager, as before.
+    with FakeConductorServer() as fake:
+        with running(fake) as run:
+            first = add_numbers(fake, 4)
+            fake.wait_for_results(first)
+            run.runner.set_batch_size(TASK, 20)  # ensure_pool_size() replaces the pools
+            second = add_numbers(fake, 4, start=100)
+            fake.wait_for_results(second)
+            pool = run.runner._transport._pool
+            assert pool is not None
+            assert pool.pool is not None
+            assert pool.pool.maxsize >= 20  # the transport took the resized pool
+            redirect = FakeResponse(307, headers={"Location": "/api/tasks/poll/batch/elsewhere"})
+            fake.inject(POLL_PATH, redirect, count=1)
+            third = add_numbers(fake, 4, start=200)
+            fake.wait_for_results(third)
+            assert 307 in statuses(fake, POLL_PATH)
+            assert run.metric("task_update_error_total") == 0
+            assert run.stop()
+        assert_doubled_exactly_once(fake, first | second | third)
+
+
 # -- malformed answers ---------------------------------------------------------------------------
 
 
@@ -575,20 +599,41 @@ def test_unreadable_update_v2_answer_after_the_result_was_taken(answer: FakeResp
         assert_doubled_exactly_once(fake, numbers | more)
 
 
+def test_update_v2_only_while_tasks_are_queued_up() -> None:
+    # On an empty queue update-v2 would make the server long-poll for a next task (Conductor
+    # OSS: 100 ms and 2-3 queue writes); with tasks waiting it saves a poll per task.
+    with FakeConductorServer() as fake:
+        with running(fake, batch_size=4) as run:
+            assert fake.wait_for(lambda: len(fake.requests_to(POLL_PATH)) >= 1)
+            lone = add_numbers(fake, 1)
+            fake.wait_for_results(lone)
+            assert fake.requests_to(UPDATE_V2_PATH) == []
+            assert len(fake.requests_to(UPDATE_PATH)) == 1
+
+            queued = add_numbers(fake, 40, start=100)
+            fake.wait_for_results(queued)
+            handed_over = [r for r in fake.requests_to(UPDATE_V2_PATH) if r.status == 200]
+            assert len(handed_over) >= 20  # most tasks came with the result before them
+            assert run.stop()
+        assert_doubled_exactly_once(fake, lone | queued)
+
+
 def test_malformed_next_task_from_update_v2_is_failed() -> None:
     gate = threading.Event()
 
     def gated_double(n: int) -> dict[str, int]:
-        assert gate.wait(10)
+        if n == 1:
+            assert gate.wait(10)
         return {"doubled": 2 * n}
 
     with FakeConductorServer() as fake:
-        numbers = add_numbers(fake, 1)
-        (first,) = numbers
+        numbers = add_numbers(fake, 2)
+        second = next(task_id for task_id, n in numbers.items() if n == 1)
         # One slot: while it is busy nothing polls, so the next task can only come from the
-        # update-v2 answer.
+        # update-v2 answer. The second task comes from an instant poll that filled the slot
+        # (tasks are queued up), so its result goes back with update-v2.
         with running(fake, gated_double, batch_size=1) as run:
-            assert fake.wait_for(lambda: fake.task(first)["status"] == "IN_PROGRESS")
+            assert fake.wait_for(lambda: fake.task(second)["status"] == "IN_PROGRESS")
             fake.add_raw_task(TASK, raw_task("bad-next", inputData="not an object"))
             gate.set()
             results = fake.wait_for_results(["bad-next"])

@@ -99,6 +99,9 @@ class ConductorClient:
             api_client.default_headers[name] = value
         self.api_client: ApiClient = api_client
         self._apis: dict[str, Any] = {}
+        # Counts pool rebuilds, so that the runner's transport, which keeps the host's pool,
+        # knows to take the new one (urllib3 2 leaves a replaced pool open and working).
+        self.pool_generation = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ConductorClient:
@@ -115,6 +118,7 @@ class ConductorClient:
         if manager.connection_pool_kw.get("maxsize", 1) < size:
             manager.connection_pool_kw["maxsize"] = size
             manager.clear()  # pools are rebuilt lazily with the new size
+            self.pool_generation += 1
 
     def _api(self, module: str, name: str) -> Any:
         api = self._apis.get(name)
@@ -145,6 +149,7 @@ class ConductorClient:
 
     def close(self) -> None:
         self.api_client.rest_client.pool_manager.clear()
+        self.pool_generation += 1
 
     def __enter__(self) -> ConductorClient:
         return self

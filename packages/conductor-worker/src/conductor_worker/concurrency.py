@@ -1,4 +1,5 @@
-"""Where worker code runs: a growing pool of daemon threads, and one event loop thread.
+"""Where `def` worker code runs: a growing pool of daemon threads (the event loop thread for
+`async def` workers is in event_loop.py).
 
 Daemon threads, so that a forced exit (a second Ctrl-C) is not held up by a worker that never
 returns; the graceful path waits for them explicitly.
@@ -6,17 +7,13 @@ returns; the graceful path waits for them explicitly.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable, Coroutine
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 class ThreadPool:
@@ -74,27 +71,3 @@ class ThreadPool:
                 log.exception("unexpected error in %s", threading.current_thread().name)
             with self._lock:
                 self._idle += 1
-
-
-class EventLoopThread:
-    """One asyncio event loop in a daemon thread, for `async def` workers."""
-
-    def __init__(self, name: str = "conductor-asyncio") -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self.loop.close()

@@ -49,6 +49,9 @@ class WorkerOptions:
 
     batch_size: int = 1
     poll_interval_seconds: float = 1.0
+    # Not the server's 5 s: an idle worker's shutdown and pause wait for its open long poll,
+    # and on Conductor OSS a longer hold saves requests but not queue work (the server pops
+    # the queue every 100 ms while it holds a poll). 2 s + the interval: <= 0.5 req/s.
     poll_timeout_seconds: float = 2.0
     domain: str | None = None
     worker_id: str | None = None

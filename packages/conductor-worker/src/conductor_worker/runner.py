@@ -3,8 +3,9 @@
 One runner serves any number of task types in one process. For each task type a poll thread
 asks the server for as many tasks as there are free slots (batch_size is the concurrency), with
 a long poll so that an idle worker is cheap and quick to react. `def` workers run on a thread
-pool, `async def` workers on one event loop. A result goes back with update-v2, which may hand
-the same slot its next task at once; failed reports are retried in the background.
+pool, `async def` workers on one event loop. While tasks are queued up, a result goes back with
+update-v2, which hands the same slot its next task at once; otherwise with a plain update (see
+_TaskTypeWorker._backlog). Failed reports are retried in the background.
 
 Lifecycle: created -> running (first start_worker) -> stopping (shutdown) -> stopped.
 Shutdown stops polling, lets running tasks finish within the grace period while still
@@ -23,13 +24,13 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from conductor_client.models import Task
 from conductor_worker.client import ConductorClient
-from conductor_worker.concurrency import EventLoopThread, ThreadPool
+from conductor_worker.concurrency import ThreadPool
 from conductor_worker.context import TaskContext
 from conductor_worker.declarations import declarations_of, unique
 from conductor_worker.delivery import PendingResult, Redelivery, RetryPolicy, UndeliveredHook
@@ -45,6 +46,9 @@ from conductor_worker.lease import LeaseKeeper
 from conductor_worker.metrics import TaskTypeMetrics, metrics_for
 from conductor_worker.options import WorkerOptions, apply_environment
 from conductor_worker.transport import MalformedTask, ServerError, Transport
+
+if TYPE_CHECKING:
+    from conductor_worker.event_loop import EventLoopThread
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +163,8 @@ class TaskRunner:
                 return
             function = WorkerFunction(fn)
             if function.is_async and self._loop is None:
+                from conductor_worker.event_loop import EventLoopThread  # imports asyncio
+
                 self._loop = EventLoopThread()
             worker = _TaskTypeWorker(self, task_type, function, options)
             self._workers[task_type] = worker
@@ -336,6 +342,14 @@ class _TaskTypeWorker:
         self._wake = threading.Event()
         self._stopping = False
         self._running: dict[str, str] = {}  # task id -> workflow id
+        # Whether more tasks are probably queued: the last instant poll filled every slot it
+        # asked for, or the last update-v2 brought a next task. Only then do results go back
+        # with update-v2. On an empty queue update-v2 costs more than it saves: Conductor OSS
+        # answers it with an update and then a 100 ms long poll for one task, which holds the
+        # slot 100-200 ms and makes 2-3 more queue writes (one SQLite write transaction each on
+        # the default server); the poll loop asks for the next tasks anyway. Races between
+        # threads only pick the less suited call for one result.
+        self._backlog = False
         self.metrics: TaskTypeMetrics = runner._metrics.for_task_type(task_type)
         self.metrics.watch(self)  # in_flight, free_slots and paused read this worker
         self._thread = threading.Thread(
@@ -416,12 +430,13 @@ class _TaskTypeWorker:
                 break
             started = time.perf_counter()
             metrics.poll.inc()
+            count = free if busy else 1
             try:
                 tasks, malformed = transport.batch_poll(
                     self.task_type,
                     worker_id=self.worker_id,
                     domain=options.domain,
-                    count=free if busy else 1,
+                    count=count,
                     timeout_seconds=0.0 if busy else options.poll_timeout_seconds,
                 )
             except ServerError as error:
@@ -448,6 +463,8 @@ class _TaskTypeWorker:
                 failures = 0
             for broken in malformed:
                 self._report_malformed(broken)
+            # A long poll returns at its first task, so only an instant one shows a queue.
+            self._backlog = busy and len(tasks) + len(malformed) >= count
             if not tasks:
                 if busy:
                     busy = False  # drained: go back to waiting, no pause needed
@@ -546,6 +563,7 @@ class _TaskTypeWorker:
         take_next = (
             take_next
             and outcome.terminal
+            and self._backlog
             and not self.paused
             and not self._stopping
             and self.runner._state is RunnerState.RUNNING
@@ -564,6 +582,8 @@ class _TaskTypeWorker:
             self.runner._redelivery.submit(pending, error)
             return None
         self.metrics.update_time.observe(time.perf_counter() - started)
+        if take_next:
+            self._backlog = following is not None
         if isinstance(following, MalformedTask):
             self._report_malformed(following)
             return None
