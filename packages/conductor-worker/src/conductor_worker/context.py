@@ -69,6 +69,11 @@ class NoTaskContextError(ConductorWorkerError, LookupError):
     """task_context() was called outside the execution of a task."""
 
 
+def current_task_context() -> TaskContext | None:
+    """The running task's context, or None outside a worker function."""
+    return _current.get(None)
+
+
 def task_context() -> TaskContext:
     """The context of the task that the calling worker function is running."""
     try:

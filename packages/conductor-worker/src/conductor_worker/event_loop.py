@@ -30,10 +30,17 @@ class EventLoopThread:
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
+    def is_current_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop; wait up to `timeout` seconds for it (a blocked loop is left to its
+        daemon thread)."""
         if self.loop.is_closed():
             return
         self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.is_current_thread():
+            return
         self._thread.join(timeout)
         if not self._thread.is_alive():
             self.loop.close()

@@ -310,6 +310,14 @@ def parse_tasks(items: list[Any]) -> tuple[list[Task], list[MalformedTask]]:
         if not isinstance(item, dict):
             malformed.append(MalformedTask({}, f"a task must be a JSON object, got {item!r:.80}"))
             continue
+        if not isinstance(item.get("taskId"), str) or not isinstance(
+            item.get("workflowInstanceId"), str
+        ):
+            # Without its ids a task can be neither run meaningfully nor reported.
+            malformed.append(
+                MalformedTask(item, "malformed task from server: no taskId or workflowInstanceId")
+            )
+            continue
         try:
             tasks.append(Task.model_validate(item))
         except pydantic.ValidationError as error:
