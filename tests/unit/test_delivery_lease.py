@@ -6,11 +6,13 @@ stub that records every call and fails on demand. Timing is checked with deadlin
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,7 @@ import pytest
 
 from conductor_client.models import Task
 from conductor_worker.delivery import PendingResult, Redelivery, RetryPolicy
-from conductor_worker.lease import MIN_INTERVAL_SECONDS, LeaseKeeper
+from conductor_worker.lease import COMPACT_MIN_ENTRIES, MIN_INTERVAL_SECONDS, LeaseKeeper
 from conductor_worker.transport import ServerError
 
 FAST = RetryPolicy(max_attempts=5, initial_delay_seconds=0.001, max_delay_seconds=0.01)
@@ -465,6 +467,47 @@ def test_release_before_a_manual_heartbeat_drops_it(
     wait_for(lambda: len(heartbeats(transport, "first")) == 2)
 
     assert heartbeats(transport, "second") == []
+
+
+def test_a_released_lease_keeps_nothing_of_its_task(
+    keeper_and_transport: tuple[LeaseKeeper, StubTransport],
+) -> None:
+    keeper, _ = keeper_and_transport
+    tasks = [
+        Task(
+            task_id=f"t{i}",
+            workflow_instance_id=f"wf-t{i}",
+            response_timeout_seconds=3600,  # next heartbeat in 30 min
+            input_data={"blob": "x" * 100_000},
+        )
+        for i in range(200)
+    ]
+    alive = [weakref.ref(task) for task in tasks]
+    running = keeper.track(lease_task("still-running", 3600), "w", True)
+
+    for task in tasks:
+        keeper.release(keeper.track(task, "w", True))  # a task that finished at once
+    del tasks, task
+    gc.collect()
+
+    assert [ref for ref in alive if ref() is not None] == []  # inputData and all, freed
+    # The released leases' entries are compacted away well before their heartbeats come due.
+    assert keeper.scheduled <= COMPACT_MIN_ENTRIES
+    assert running.active
+
+
+def test_compaction_keeps_the_heartbeats_of_running_tasks(
+    keeper_and_transport: tuple[LeaseKeeper, StubTransport],
+) -> None:
+    keeper, transport = keeper_and_transport
+    kept = keeper.track(lease_task("kept", 1), "w", True)  # every 0.5 s
+    for i in range(500):
+        keeper.release(keeper.track(lease_task(f"done-{i}", 1), "w", True))
+
+    wait_for(lambda: len(heartbeats(transport, "kept")) >= 2)
+
+    assert {json.loads(c.body)["taskId"] for c in transport.calls} == {"kept"}
+    assert kept.sent >= 2
 
 
 def test_failed_heartbeat_is_logged_and_the_next_one_goes_out(

@@ -9,6 +9,7 @@ memory of finished tasks, and shutdown() returns True.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from conductor_worker import (
     HttpSettings,
     PendingResult,
     RetryPolicy,
+    Task,
     TaskRunner,
     task_context,
 )
@@ -170,3 +172,34 @@ def test_an_exception_that_cannot_be_printed_fails_the_task_and_ends_its_lease(
     assert fn.__name__ in result["logs"][-1]["log"]  # the traceback, with the user's frame
     assert not [r for r in caplog.records if "still running" in r.getMessage()]
     assert fake.task(task_id)["status"] == "FAILED"
+
+
+# -- memory of finished tasks --------------------------------------------------------------------
+
+
+def live_tasks(ids: list[str]) -> int:
+    """How many of these tasks (Task objects, inputData and all) are still in memory."""
+    wanted = set(ids)
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, Task) and obj.task_id in wanted)
+
+
+@pytest.mark.parametrize("fn", [sync_files, async_files], ids=["sync", "async"])
+def test_finished_tasks_with_a_response_timeout_are_not_kept_in_memory(
+    fn: Callable[..., Any],
+) -> None:
+    tasks, batch_size = 60, 4
+    with FakeConductorServer() as fake:
+        # The default response timeout (1 hour): the next automatic heartbeat is 30 min away.
+        ids = fake.add_tasks(
+            TASK, tasks, input={"mode": "log", "blob": "x" * 100_000}, responseTimeoutSeconds=3600
+        )
+        with running(fake, fn, batch_size=batch_size) as run:
+            fake.wait_for_results(ids, timeout=30)
+
+            # Not one per finished task. A few stay referenced by the idle pool threads (at
+            # most batch_size of them): the last job's arguments, until the next job
+            # (concurrency.ThreadPool._work); for async workers that job is a delivery, whose
+            # outcome holds its task and whose future the next task.
+            wait_until(lambda: live_tasks(ids) <= 2 * batch_size)
+            assert run.runner.shutdown(5.0)
