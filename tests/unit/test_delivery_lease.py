@@ -336,6 +336,85 @@ def test_undelivered_is_logged_with_ids_and_a_raising_hook_is_contained(
     assert any("on_undelivered hook raised" in m for m in messages)
 
 
+@pytest.mark.parametrize("raised", [SystemExit("hook says no"), KeyboardInterrupt()])
+def test_a_hook_raising_a_base_exception_leaves_the_retrier_working(
+    raised: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    given_up: list[str] = []
+
+    def hook(item: PendingResult, error: str) -> None:
+        given_up.append(item.task_id)
+        raise raised
+
+    transport = StubTransport(errors=[retryable(), retryable(), retryable()])
+    stub: Any = transport
+    redelivery = Redelivery(stub, RetryPolicy(max_attempts=3, initial_delay_seconds=0.001), hook)
+    try:
+        with caplog.at_level(logging.ERROR, logger="conductor_worker.delivery"):
+            redelivery.submit(pending(1), retryable())  # given up in the retrier thread
+            wait_for(lambda: given_up == ["task-1"])
+            redelivery.submit(pending(2), retryable())  # the next retry succeeds
+
+            wait_for(lambda: len(transport.successes()) == 1)
+    finally:
+        redelivery.close()
+
+    assert json.loads(transport.successes()[0].body) == {"taskId": "task-2"}
+    assert redelivery.pending == 0
+    [record] = [r for r in caplog.records if "on_undelivered hook raised" in r.getMessage()]
+    assert "task-1" in record.getMessage()
+    assert "wf-1" in record.getMessage()
+
+
+def test_a_base_exception_in_an_attempt_leaves_the_retrier_working(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    attempts: list[str] = []
+
+    def on_attempt(item: PendingResult, seconds: float, error: ServerError | None) -> None:
+        attempts.append(item.task_id)
+        if len(attempts) == 1:
+            raise SystemExit("metrics bug")
+
+    transport = StubTransport()
+    stub: Any = transport
+    redelivery = Redelivery(stub, FAST, None, on_attempt)
+    try:
+        with caplog.at_level(logging.ERROR, logger="conductor_worker.delivery"):
+            redelivery.submit(pending(1), retryable())
+            wait_for(lambda: attempts == ["task-1"])
+            redelivery.submit(pending(2), retryable())
+
+            wait_for(lambda: attempts == ["task-1", "task-2"])
+    finally:
+        redelivery.close()
+
+    assert len(transport.successes()) == 2
+    assert any("task-1" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_a_dead_retrier_thread_is_replaced_on_the_next_submit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport = StubTransport()
+    stub: Any = transport
+    redelivery = Redelivery(stub, FAST, None)
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    redelivery._thread = dead  # as if it had been killed
+    try:
+        with caplog.at_level(logging.ERROR, logger="conductor_worker.delivery"):
+            redelivery.submit(pending(1), retryable())
+
+            wait_for(lambda: len(transport.successes()) == 1)
+    finally:
+        redelivery.close()
+
+    assert transport.successes()[0].thread is not dead
+    assert any("redelivery thread had stopped" in r.getMessage() for r in caplog.records)
+
+
 # -- LeaseKeeper --------------------------------------------------------------------------------
 
 

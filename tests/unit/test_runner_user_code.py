@@ -31,7 +31,8 @@ from conductor_worker import (
     task_context,
 )
 from conductor_worker import runner as runner_module
-from tests.fakes import FakeConductorServer
+from tests.fakes import FakeConductorServer, FakeResponse
+from tests.fakes.conductor import UPDATES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -203,3 +204,38 @@ def test_finished_tasks_with_a_response_timeout_are_not_kept_in_memory(
             # outcome holds its task and whose future the next task.
             wait_until(lambda: live_tasks(ids) <= 2 * batch_size)
             assert run.runner.shutdown(5.0)
+
+
+# -- the on_undelivered hook ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raised", [SystemExit("hook says no"), KeyboardInterrupt()])
+def test_a_hook_raising_a_base_exception_does_not_stop_later_redeliveries(
+    raised: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    given_up: list[str] = []
+
+    def hook(item: PendingResult, error: str) -> None:
+        given_up.append(item.task_id)
+        if len(given_up) == 1:
+            raise raised
+
+    with FakeConductorServer() as fake:
+        down = fake.inject(UPDATES, FakeResponse.error(503, "down"))
+        [first] = fake.add_tasks(TASK, 1, input={"mode": "log"})
+        with running(fake, sync_files, max_attempts=3, on_undelivered=hook) as run:
+            wait_until(lambda: given_up == [first])  # retried, given up; the hook raised
+            down.cancel()
+            blip = fake.inject("update_v2", FakeResponse.error(503, "blip"), count=1)
+            [second] = fake.add_tasks(TASK, 1, input={"mode": "log"})
+
+            # The first report of the second result fails once; the retry delivers it.
+            [result] = fake.wait_for_results([second])[second]
+            assert blip.hits == 1
+            assert result["status"] == "COMPLETED"
+            assert run.runner.shutdown(5.0)
+
+    assert given_up == [first]
+    [record] = [r for r in caplog.records if "on_undelivered hook raised" in r.getMessage()]
+    assert first in record.getMessage()
+    assert fake.task(first)["workflowInstanceId"] in record.getMessage()
