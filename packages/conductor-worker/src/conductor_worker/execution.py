@@ -22,6 +22,7 @@ from conductor_worker.errors import (
     InputBindingError,
     NonRetryableError,
     OutputSerializationError,
+    WorkerSignatureError,
 )
 from conductor_worker.serialization import encode_json, to_output_data
 
@@ -142,7 +143,7 @@ class WorkerFunction:
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         if not callable(fn):
-            raise TypeError(f"a worker must be a function, got {type(fn).__name__}")
+            raise WorkerSignatureError(f"a worker must be a function, got {type(fn).__name__}")
         self.fn = fn
         self.name = getattr(fn, "__qualname__", repr(fn))
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
