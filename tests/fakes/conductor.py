@@ -21,6 +21,8 @@ Served (all under ``/api``):
   worker (200), or 204 when there is none or the result is not terminal. With
   ``update_v2=False`` it answers 405, as servers before 3.21.12 do.
 * ``GET /tasks/{taskId}``: the task as the server holds it now.
+* ``GET /tasks/queue/size?taskType``: how many tasks of the type wait (what the CLI's start-up
+  check asks).
 * With ``auth_enabled=True``, Orkes authentication as in :class:`FakeOrkesServer`.
 
 A result with ``extendLease`` is a heartbeat: recorded in :attr:`heartbeats`, not in
@@ -145,6 +147,7 @@ class FakeConductorServer(FakeOrkesServer):
         self.add_route("GET", r"/api/tasks/poll/batch/(?P<taskType>[^/]+)", self._poll)
         self.add_route("POST", r"/api/tasks", self._update)
         self.add_route("POST", r"/api/tasks/update-v2", self._update_v2)
+        self.add_route("GET", r"/api/tasks/queue/size", self._queue_size)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -349,6 +352,12 @@ class FakeConductorServer(FakeOrkesServer):
         if not handed and self.empty_poll_204:
             return FakeResponse(204)
         return FakeResponse.json(200, handed)
+
+    def _queue_size(self, request: FakeRequest) -> FakeResponse:
+        task_type = _query(request, "taskType", "")
+        if not task_type:
+            return FakeResponse.error(400, "taskType is required")
+        return FakeResponse.json(200, self.queued(task_type))
 
     def _update(self, request: FakeRequest) -> FakeResponse:
         error, task_id, _ = self._apply_result(request)

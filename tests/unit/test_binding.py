@@ -22,7 +22,11 @@ from typing_extensions import TypedDict
 
 from conductor_worker import binding
 from conductor_worker.binding import InputBinder, InputBindingError
-from conductor_worker.errors import ConductorWorkerError
+from conductor_worker.errors import (
+    ConductorWorkerError,
+    ConfigurationError,
+    WorkerSignatureError,
+)
 
 # The helper sits next to this file; import it whether or not tests/ becomes a package.
 future_workers: Any = importlib.import_module(
@@ -409,6 +413,33 @@ def test_var_positional_is_rejected_at_registration() -> None:
 
     with pytest.raises(TypeError, match=r"worker function .*worker takes \*rest"):
         binder_for(worker)
+
+
+def bad_varargs(a: int, *rest: int) -> None: ...
+
+
+def bad_task_next_to_others(task: Task, n: int) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("fn", "fragments"),
+    [
+        (bad_varargs, ["bad_varargs", "*rest"]),
+        (future_workers.uses_type_checking_only_name, ["uses_type_checking_only_name", "'amount'"]),
+        (bad_task_next_to_others, ["bad_task_next_to_others", "'task'"]),
+    ],
+    ids=["varargs", "unresolvable", "task-and-others"],
+)
+def test_signature_errors_are_configuration_errors_naming_function_and_parameter(
+    fn: Any, fragments: list[str]
+) -> None:
+    with pytest.raises(WorkerSignatureError) as info:
+        binder_for(fn, future_workers.FakeTask if fn.__module__ != __name__ else Task)
+
+    assert isinstance(info.value, ConfigurationError)  # what the CLI reports as exit 2
+    assert isinstance(info.value, TypeError)  # what earlier versions raised
+    for fragment in fragments:
+        assert fragment in str(info.value)
 
 
 def test_var_keyword_receives_the_remaining_inputs() -> None:

@@ -6,11 +6,13 @@ stub that records every call and fails on demand. Timing is checked with deadlin
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,7 @@ import pytest
 
 from conductor_client.models import Task
 from conductor_worker.delivery import PendingResult, Redelivery, RetryPolicy
-from conductor_worker.lease import MIN_INTERVAL_SECONDS, LeaseKeeper
+from conductor_worker.lease import COMPACT_MIN_ENTRIES, MIN_INTERVAL_SECONDS, LeaseKeeper
 from conductor_worker.transport import ServerError
 
 FAST = RetryPolicy(max_attempts=5, initial_delay_seconds=0.001, max_delay_seconds=0.01)
@@ -334,6 +336,85 @@ def test_undelivered_is_logged_with_ids_and_a_raising_hook_is_contained(
     assert any("on_undelivered hook raised" in m for m in messages)
 
 
+@pytest.mark.parametrize("raised", [SystemExit("hook says no"), KeyboardInterrupt()])
+def test_a_hook_raising_a_base_exception_leaves_the_retrier_working(
+    raised: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    given_up: list[str] = []
+
+    def hook(item: PendingResult, error: str) -> None:
+        given_up.append(item.task_id)
+        raise raised
+
+    transport = StubTransport(errors=[retryable(), retryable(), retryable()])
+    stub: Any = transport
+    redelivery = Redelivery(stub, RetryPolicy(max_attempts=3, initial_delay_seconds=0.001), hook)
+    try:
+        with caplog.at_level(logging.ERROR, logger="conductor_worker.delivery"):
+            redelivery.submit(pending(1), retryable())  # given up in the retrier thread
+            wait_for(lambda: given_up == ["task-1"])
+            redelivery.submit(pending(2), retryable())  # the next retry succeeds
+
+            wait_for(lambda: len(transport.successes()) == 1)
+    finally:
+        redelivery.close()
+
+    assert json.loads(transport.successes()[0].body) == {"taskId": "task-2"}
+    assert redelivery.pending == 0
+    [record] = [r for r in caplog.records if "on_undelivered hook raised" in r.getMessage()]
+    assert "task-1" in record.getMessage()
+    assert "wf-1" in record.getMessage()
+
+
+def test_a_base_exception_in_an_attempt_leaves_the_retrier_working(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    attempts: list[str] = []
+
+    def on_attempt(item: PendingResult, seconds: float, error: ServerError | None) -> None:
+        attempts.append(item.task_id)
+        if len(attempts) == 1:
+            raise SystemExit("metrics bug")
+
+    transport = StubTransport()
+    stub: Any = transport
+    redelivery = Redelivery(stub, FAST, None, on_attempt)
+    try:
+        with caplog.at_level(logging.ERROR, logger="conductor_worker.delivery"):
+            redelivery.submit(pending(1), retryable())
+            wait_for(lambda: attempts == ["task-1"])
+            redelivery.submit(pending(2), retryable())
+
+            wait_for(lambda: attempts == ["task-1", "task-2"])
+    finally:
+        redelivery.close()
+
+    assert len(transport.successes()) == 2
+    assert any("task-1" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_a_dead_retrier_thread_is_replaced_on_the_next_submit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport = StubTransport()
+    stub: Any = transport
+    redelivery = Redelivery(stub, FAST, None)
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    redelivery._thread = dead  # as if it had been killed
+    try:
+        with caplog.at_level(logging.ERROR, logger="conductor_worker.delivery"):
+            redelivery.submit(pending(1), retryable())
+
+            wait_for(lambda: len(transport.successes()) == 1)
+    finally:
+        redelivery.close()
+
+    assert transport.successes()[0].thread is not dead
+    assert any("redelivery thread had stopped" in r.getMessage() for r in caplog.records)
+
+
 # -- LeaseKeeper --------------------------------------------------------------------------------
 
 
@@ -465,6 +546,47 @@ def test_release_before_a_manual_heartbeat_drops_it(
     wait_for(lambda: len(heartbeats(transport, "first")) == 2)
 
     assert heartbeats(transport, "second") == []
+
+
+def test_a_released_lease_keeps_nothing_of_its_task(
+    keeper_and_transport: tuple[LeaseKeeper, StubTransport],
+) -> None:
+    keeper, _ = keeper_and_transport
+    tasks = [
+        Task(
+            task_id=f"t{i}",
+            workflow_instance_id=f"wf-t{i}",
+            response_timeout_seconds=3600,  # next heartbeat in 30 min
+            input_data={"blob": "x" * 100_000},
+        )
+        for i in range(200)
+    ]
+    alive = [weakref.ref(task) for task in tasks]
+    running = keeper.track(lease_task("still-running", 3600), "w", True)
+
+    for task in tasks:
+        keeper.release(keeper.track(task, "w", True))  # a task that finished at once
+    del tasks, task
+    gc.collect()
+
+    assert [ref for ref in alive if ref() is not None] == []  # inputData and all, freed
+    # The released leases' entries are compacted away well before their heartbeats come due.
+    assert keeper.scheduled <= COMPACT_MIN_ENTRIES
+    assert running.active
+
+
+def test_compaction_keeps_the_heartbeats_of_running_tasks(
+    keeper_and_transport: tuple[LeaseKeeper, StubTransport],
+) -> None:
+    keeper, transport = keeper_and_transport
+    kept = keeper.track(lease_task("kept", 1), "w", True)  # every 0.5 s
+    for i in range(500):
+        keeper.release(keeper.track(lease_task(f"done-{i}", 1), "w", True))
+
+    wait_for(lambda: len(heartbeats(transport, "kept")) >= 2)
+
+    assert {json.loads(c.body)["taskId"] for c in transport.calls} == {"kept"}
+    assert kept.sent >= 2
 
 
 def test_failed_heartbeat_is_logged_and_the_next_one_goes_out(

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,6 +33,8 @@ from conductor_worker.execution import (
     MAX_TRACEBACK_CHARS,
     Outcome,
     WorkerFunction,
+    exception_message,
+    exception_repr,
     execute_async,
     execute_sync,
 )
@@ -457,6 +461,127 @@ def test_encode_of_an_exception_outcome() -> None:
     assert body["status"] == FAILED
     assert body["reasonForIncompletion"] == "m" * MAX_REASON_CHARS
     assert "Traceback" in body["logs"][-1]["log"]
+
+
+# A file name read from a non-UTF-8 directory: os.fsdecode() keeps the byte as a lone surrogate.
+UNDECODABLE_NAME = os.fsdecode(b"report-\xff.csv")  # "report-\udcff.csv"
+
+
+def sync_cannot_open() -> None:
+    raise FileNotFoundError(f"cannot open {UNDECODABLE_NAME}")
+
+
+async def async_cannot_open() -> None:
+    await asyncio.sleep(0)
+    raise FileNotFoundError(f"cannot open {UNDECODABLE_NAME}")
+
+
+@pytest.mark.parametrize("fn", [sync_cannot_open, async_cannot_open], ids=["sync", "async"])
+def test_a_lone_surrogate_in_the_reason_is_escaped_so_the_result_encodes(
+    fn: Callable[..., Any],
+) -> None:
+    outcome = run(fn)
+
+    body = json.loads(outcome.encode(WORKER_ID).decode("utf-8"))  # strict UTF-8
+
+    assert body["status"] == FAILED
+    assert body["reasonForIncompletion"] == "cannot open report-\\udcff.csv"
+    assert "FileNotFoundError: cannot open report-\\udcff.csv" in body["logs"][-1]["log"]
+    assert body["outputData"] == {}
+
+
+def test_a_lone_surrogate_in_a_log_line_is_escaped_so_the_result_encodes() -> None:
+    def worker() -> dict[str, bool]:
+        task_context().add_log(f"processing {UNDECODABLE_NAME}")
+        task_context().add_log("done ✓")  # ordinary non-ASCII text stays as it is
+        return {"ok": True}
+
+    body = json.loads(run(worker).encode(WORKER_ID).decode("utf-8"))
+
+    assert body["status"] == COMPLETED
+    assert [entry["log"] for entry in body["logs"]] == [
+        "processing report-\\udcff.csv",
+        "done ✓",
+    ]
+    assert body["outputData"] == {"ok": True}
+
+
+def test_a_lone_surrogate_in_a_returned_reason_is_escaped() -> None:
+    def worker(task: Task) -> TaskResult:
+        return new_task_result(task, TaskResultStatus.FAILED, reason=f"bad {UNDECODABLE_NAME}")
+
+    body = json.loads(run(worker).encode(WORKER_ID).decode("utf-8"))
+
+    assert body["status"] == FAILED
+    assert body["reasonForIncompletion"] == "bad report-\\udcff.csv"
+
+
+def test_a_lone_surrogate_in_the_output_still_fails_with_its_json_path() -> None:
+    outcome = run(lambda: {"files": [UNDECODABLE_NAME]})
+
+    body = json.loads(outcome.encode(WORKER_ID).decode("utf-8"))
+
+    assert body["status"] == TERMINAL
+    assert body["reasonForIncompletion"].startswith("$.files[0]: ")
+
+
+class Unprintable(Exception):
+    """An exception whose __str__ and __repr__ raise (here: the exception itself)."""
+
+    def __str__(self) -> str:
+        raise self
+
+    def __repr__(self) -> str:
+        raise self
+
+
+def sync_unprintable(n: int) -> None:
+    raise Unprintable()
+
+
+async def async_unprintable(n: int) -> None:
+    await asyncio.sleep(0)
+    raise Unprintable()
+
+
+@pytest.mark.parametrize("fn", [sync_unprintable, async_unprintable], ids=["sync", "async"])
+def test_an_exception_that_cannot_be_printed_still_fails_the_task(fn: Callable[..., Any]) -> None:
+    outcome = run(fn, make_task({"n": 1}))
+
+    assert outcome.status == FAILED
+    assert outcome.reason == "Unprintable"  # the type name stands in for the message
+    assert outcome.error_kind == "exception"
+    [text] = traceback_logs(outcome)
+    assert fn.__name__ in text  # the user's frame ...
+    assert "exception_message" not in text  # ... and none of ours from formatting the reason
+    body = json.loads(outcome.encode(WORKER_ID))
+    assert body["reasonForIncompletion"] == "Unprintable"
+
+
+def test_a_traceback_that_cannot_be_formatted_is_replaced_by_a_note(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> list[str]:
+        raise RecursionError("too deep")
+
+    monkeypatch.setattr(traceback, "format_exception", broken)
+
+    outcome = run(sync_raise, make_task({"message": "database is down"}))
+
+    assert outcome.status == FAILED
+    assert outcome.reason == "database is down"
+    assert outcome.logs[-1]["log"] == (
+        "ValueError: database is down\n(the traceback could not be formatted: RecursionError)\n"
+    )
+
+
+def test_exception_helpers_never_raise() -> None:
+    error = Unprintable()
+
+    assert exception_message(error) == "Unprintable"
+    assert exception_repr(error) == "Unprintable"
+    assert exception_message(Oops()) == "Oops"
+    assert exception_repr(SystemExit(3)) == "SystemExit(3)"
 
 
 # -- the task context ---------------------------------------------------------------------------

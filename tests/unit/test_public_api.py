@@ -55,6 +55,7 @@ PUBLIC_NAMES = {
     "NonRetryableError",
     "OutputSerializationError",
     "ServerError",
+    "WorkerSignatureError",
 }
 
 
@@ -86,6 +87,7 @@ def test_errors_share_one_root() -> None:
         conductor_worker.OutputSerializationError,
         conductor_worker.ServerError,
         conductor_worker.NoTaskContextError,
+        conductor_worker.WorkerSignatureError,
     ]
 
     assert all(issubclass(error, conductor_worker.ConductorWorkerError) for error in errors)

@@ -27,6 +27,7 @@ from conductor_worker.errors import (
     InputBindingError,
     NonRetryableError,
     OutputSerializationError,
+    WorkerSignatureError,
 )
 from conductor_worker.executor import TaskExecutor
 from conductor_worker.metrics import (
@@ -79,5 +80,6 @@ __all__ = [
     "InputBindingError",
     "NonRetryableError",
     "OutputSerializationError",
+    "WorkerSignatureError",
     "ServerError",
 ]

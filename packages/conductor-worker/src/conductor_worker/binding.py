@@ -24,9 +24,10 @@ Rules, in order:
 
 Annotations are resolved with ``typing.get_type_hints(include_extras=True)``, so modules using
 ``from __future__ import annotations`` work, provided the names they use exist at module level when
-the worker is registered. Anything wrong with the signature is a :class:`TypeError` at registration
-naming the function and the parameter; anything wrong with a task's input is an
-:class:`InputBindingError`, which fails that task terminally.
+the worker is registered. Anything wrong with the signature is a :class:`WorkerSignatureError` (a
+``ConfigurationError``, also a ``TypeError``) at registration naming the function and the
+parameter; anything wrong with a task's input is an :class:`InputBindingError`, which fails that
+task terminally.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Any, Final
 
 import pydantic
 
-from conductor_worker.errors import InputBindingError
+from conductor_worker.errors import InputBindingError, WorkerSignatureError
 
 __all__ = ["InputBinder", "InputBindingError"]
 
@@ -148,21 +149,23 @@ class InputBinder:
                 receives the task itself.
 
         Raises:
-            TypeError: the signature cannot be bound: it has ``*args``, an annotation that cannot
-                be resolved or that pydantic cannot convert to, or a task-annotated parameter
-                that is not the only one.
+            WorkerSignatureError: the signature cannot be bound: it has ``*args``, an annotation
+                that cannot be resolved or that pydantic cannot convert to, or a task-annotated
+                parameter that is not the only one.
         """
         name = _function_name(fn)
         try:
             signature = inspect.signature(fn)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"cannot read the signature of worker function {name}: {exc}") from exc
+            raise WorkerSignatureError(
+                f"cannot read the signature of worker function {name}: {exc}"
+            ) from exc
         params = list(signature.parameters.values())
         hints = _resolve_hints(fn, params, name)
 
         for param in params:
             if param.kind is inspect.Parameter.VAR_POSITIONAL:
-                raise TypeError(
+                raise WorkerSignatureError(
                     f"worker function {name} takes *{param.name}: task inputs are bound by name, "
                     "so positional varargs cannot receive anything; use named parameters or "
                     "**kwargs"
@@ -183,7 +186,7 @@ class InputBinder:
         for param in params:
             hint = hints.get(param.name, Any)
             if _is_task_annotation(hint, task_type):
-                raise TypeError(
+                raise WorkerSignatureError(
                     f"parameter {param.name!r} of worker function {name} is annotated with the "
                     f"task class {task_type.__qualname__}; a worker that receives the task must "
                     "take it as its only parameter"
@@ -364,7 +367,7 @@ def _resolve_hints(fn: object, params: list[inspect.Parameter], name: str) -> di
         try:
             hints[param.name] = _resolve_one(param.annotation, globalns)
         except Exception as exc:
-            raise TypeError(
+            raise WorkerSignatureError(
                 f"cannot resolve the annotation {param.annotation!r} of parameter "
                 f"{param.name!r} of worker function {name} ({type(exc).__name__}: {exc}); "
                 "annotations are evaluated when the worker is registered, so every name they "
@@ -409,14 +412,14 @@ def _make_validator(hint: Any, param: str, function_name: str) -> _Validator | N
     except pydantic.errors.PydanticSchemaGenerationError as exc:
         # pydantic's advice (arbitrary_types_allowed) does not apply: input is plain JSON.
         detail = str(exc).split(". ", 1)[0]
-        raise TypeError(
+        raise WorkerSignatureError(
             f"cannot convert task input to the annotation {_type_name(hint)} of parameter "
             f"{param!r} of worker function {function_name}: {detail}; use a type pydantic can "
             "validate, or annotate the parameter with Any to receive the raw JSON value"
         ) from exc
     except Exception as exc:
         detail = str(exc).split("\n", 1)[0]
-        raise TypeError(
+        raise WorkerSignatureError(
             f"cannot convert task input to the annotation {_type_name(hint)} of parameter "
             f"{param!r} of worker function {function_name}: {detail}"
         ) from exc

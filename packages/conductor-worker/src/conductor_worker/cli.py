@@ -3,8 +3,10 @@
     conductor-worker run myapp.workers [more.modules ...]
 
 Exit codes: 0 stopped cleanly; 1 stopped but some task did not finish or some result was not
-delivered; 2 bad command line; 3 a module could not be imported; 4 no workers found;
-5 the server cannot be reached; 6 the server refused the credentials; 130/143 forced exit.
+delivered; 2 bad command line or configuration (a worker function whose signature cannot be
+bound, too); 3 a module could not be imported; 4 no workers found; 5 the server cannot be
+reached, or no Conductor API answers at that URL; 6 the server refused the credentials;
+130/143 forced exit.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -75,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     workers.add_argument("--worker-id", help="worker id reported to the server (default: host)")
     workers.add_argument(
         "--grace",
-        type=float,
-        default=30.0,
+        default="30",  # validated in run(): a bad value is one line and exit 2, like the rest
         metavar="SECONDS",
         help="how long a shutdown waits for running tasks (default: 30)",
     )
@@ -154,6 +156,37 @@ def _import_failure(name: str) -> str:
     return f"importing {name!r} failed: {last[-1] if last else 'unknown error'}"
 
 
+def grace_seconds(text: str) -> float:
+    """The --grace value: a finite number of seconds >= 0 (inf would overflow the shutdown's
+    deadline, nan compares false with everything, a negative one abandons running tasks)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise CliError(f"--grace must be a finite number of seconds >= 0, got {text!r}", EXIT_USAGE)
+    return seconds
+
+
+def check_signatures(declared: Sequence[Any]) -> None:
+    """Analyse every worker function's signature now: a bad one is a configuration error
+    (exit 2), reported before anything connects to the server."""
+    from conductor_worker.errors import WorkerSignatureError
+    from conductor_worker.execution import WorkerFunction
+
+    for declaration in declared:
+        try:
+            WorkerFunction(declaration.fn)
+        except WorkerSignatureError as error:
+            raise CliError(
+                f"task type {declaration.task_type!r}: {_one_line(str(error))}", EXIT_USAGE
+            ) from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def check_server(client: Any, task_type: str) -> None:
     """Fail fast, with a clear message, when the server is unreachable or refuses us."""
     from urllib3.exceptions import MaxRetryError
@@ -175,6 +208,11 @@ def check_server(client: Any, task_type: str) -> None:
             raise CliError(
                 f"cannot reach the server at {url}: {error.reason}", EXIT_UNREACHABLE
             ) from None
+        if error.status == 404:
+            # Every Conductor server serves GET /tasks/queue/size: a 404 means the URL's path
+            # is wrong (typically the base URL without /api; the server answers "No static
+            # resource"), and every poll would fail the same way.
+            raise CliError(_not_an_api(url), EXIT_UNREACHABLE) from None
         # Any other answer means a server is there; the workers report their own errors.
     except Exception as error:
         # urllib3 wraps the cause ("Max retries exceeded ..." although retries are off).
@@ -186,6 +224,16 @@ def check_server(client: Any, task_type: str) -> None:
         ) from None
 
 
+def _not_an_api(url: str) -> str:
+    base = url.rstrip("/")
+    hint = (
+        "check the path of the server URL"
+        if base.endswith("/api")
+        else f"the API base URL usually ends in /api: try {base}/api"
+    )
+    return f"no Conductor API at {url} (GET {base}/tasks/queue/size answered 404 Not Found); {hint}"
+
+
 def run(args: argparse.Namespace) -> int:
     from conductor_worker.client import ConductorClient
     from conductor_worker.declarations import declarations_of, unique
@@ -193,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     from conductor_worker.runner import TaskRunner
     from conductor_worker.settings import AuthenticationSettings, HttpSettings
 
+    grace = grace_seconds(args.grace)
     modules = import_modules(args.modules)
     declared = unique(d for module in modules for d in declarations_of(module))
     if not declared:
@@ -200,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
             f"no workers found in {', '.join(args.modules)}: declare them with @worker_task",
             EXIT_NO_WORKERS,
         )
+    check_signatures(declared)
     auth = AuthenticationSettings.from_env()
     if args.auth_key or args.auth_secret:
         auth = AuthenticationSettings(
@@ -227,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
                 EXIT_USAGE,
             ) from None
         log.info("metrics at %s", metrics_server.url)
-    runner = TaskRunner(client, shutdown_grace_seconds=args.grace)
+    runner = TaskRunner(client, shutdown_grace_seconds=grace)
     try:
         for declaration in declared:
             options = dict(declaration.options)

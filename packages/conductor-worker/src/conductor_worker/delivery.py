@@ -87,11 +87,7 @@ class Redelivery:
             closed = self._closed
             if not closed:
                 heapq.heappush(self._heap, (time.monotonic() + delay, next(self._order), item))
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="conductor-redelivery", daemon=True
-                    )
-                    self._thread.start()
+                self._ensure_thread()
                 self._cond.notify()
         if closed:
             # After close() nothing would ever retry it (a task that outlived the shutdown,
@@ -114,6 +110,8 @@ class Redelivery:
             # Shutting down: no point waiting out the backoff.
             self._heap = [(0.0, order, item) for _, order, item in self._heap]
             heapq.heapify(self._heap)
+            if self._heap:
+                self._ensure_thread()
             self._cond.notify()
             while self._heap or self._busy:
                 remaining = deadline - time.monotonic()
@@ -133,6 +131,16 @@ class Redelivery:
             self._give_up(item)
         return left
 
+    def _ensure_thread(self) -> None:
+        """Start the retrier thread, or a new one if it died (lock held). It should never die,
+        but if it did, every later result would wait in the queue forever, silently."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        if self._thread is not None:
+            log.error("the result redelivery thread had stopped; starting a new one")
+        self._thread = threading.Thread(target=self._run, name="conductor-redelivery", daemon=True)
+        self._thread.start()
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -145,6 +153,11 @@ class Redelivery:
                 self._busy += 1
             try:
                 self._attempt(item)
+            except BaseException:  # the last line of defence: keep the thread and the queue
+                log.exception(
+                    "unexpected error delivering the result of task %s (workflow %s)",
+                    item.task_id, item.workflow_instance_id,
+                )  # fmt: skip
             finally:
                 with self._cond:
                     self._busy -= 1
@@ -180,5 +193,8 @@ class Redelivery:
         if self._on_undelivered is not None:
             try:
                 self._on_undelivered(item, item.last_error)
-            except Exception:
-                log.exception("the on_undelivered hook raised (task %s)", item.task_id)
+            except BaseException:  # SystemExit too: it must not kill the retrier thread
+                log.exception(
+                    "the on_undelivered hook raised (task %s, workflow %s)",
+                    item.task_id, item.workflow_instance_id,
+                )  # fmt: skip

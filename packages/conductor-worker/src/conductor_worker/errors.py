@@ -5,6 +5,8 @@ the library's failures with one ``except`` clause::
 
     ConductorWorkerError                root of the tree; never raised itself
      ├─ ConfigurationError              bad settings (also a ValueError)
+     │   └─ WorkerSignatureError        a worker function's signature cannot be bound (also a
+     │                                  TypeError, as before it had a class of its own)
      ├─ InputBindingError               a task's input does not fit the worker's parameters;
      │                                  terminal for the task
      ├─ OutputSerializationError        a worker's return value is not JSON-serializable;
@@ -24,6 +26,7 @@ __all__ = [
     "InputBindingError",
     "NonRetryableError",
     "OutputSerializationError",
+    "WorkerSignatureError",
 ]
 
 
@@ -35,6 +38,17 @@ class ConfigurationError(ConductorWorkerError, ValueError):
     """A setting is missing, malformed or out of range.
 
     Also a :class:`ValueError`, so code that validates values generically still catches it.
+    """
+
+
+class WorkerSignatureError(ConfigurationError, TypeError):
+    """A worker function cannot be registered: it is not callable, or its signature cannot be
+    bound to task inputs (``*args``, an annotation that cannot be resolved or converted to, a
+    task-annotated parameter next to others).
+
+    Raised by ``start_worker`` when the worker is registered, never while tasks run. The message
+    names the function and the parameter. Also a :class:`TypeError`, which is what earlier
+    versions raised.
     """
 
 

@@ -22,6 +22,7 @@ from conductor_worker.errors import (
     InputBindingError,
     NonRetryableError,
     OutputSerializationError,
+    WorkerSignatureError,
 )
 from conductor_worker.serialization import encode_json, to_output_data
 
@@ -71,11 +72,68 @@ class Outcome:
             head["callbackAfterSeconds"] = self.callback_after_seconds
         if self.logs:
             head["logs"] = self.logs
-        text = _dumps(head)
-        return text[:-1].encode() + b',"outputData":' + self.output_json + b"}"
+        try:
+            text = _dumps(head).encode()
+        except UnicodeEncodeError:
+            # A lone surrogate in a reason or a log line (a file name decoded with
+            # surrogateescape, say) has no UTF-8 form: escape it rather than lose the result.
+            text = _dumps(_encodable(head)).encode()
+        return text[:-1] + b',"outputData":' + self.output_json + b"}"
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _encodable(value: Any) -> Any:
+    """`value` with every lone surrogate in its strings written as a visible escape (`\\udcff`).
+
+    outputData is not passed here: a lone surrogate there fails the task with its JSON path
+    (serialization.py). Reasons and log lines are messages for people; they must get through.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encodable(item) for item in value]
+    return value
+
+
+def exception_message(error: BaseException) -> str:
+    """`str(error)`, or the exception's type name when that is empty or fails. Never raises:
+    user exceptions may have a broken `__str__`, and the task's result must still be built."""
+    traceback_ = error.__traceback__
+    try:
+        text = str(error)
+    except BaseException:  # anything a user's __str__ can raise
+        text = ""
+        error.__traceback__ = traceback_  # a __str__ that raises `self` extended it
+    return text or type(error).__name__
+
+
+def exception_repr(error: BaseException) -> str:
+    """`repr(error)`, or the exception's type name when that fails. Never raises."""
+    traceback_ = error.__traceback__
+    try:
+        return repr(error)
+    except BaseException:  # anything a user's __repr__ can raise
+        error.__traceback__ = traceback_  # a __repr__ that raises `self` extended it
+        return type(error).__name__
+
+
+def format_traceback(error: BaseException) -> str:
+    """The exception's traceback as text, capped to MAX_TRACEBACK_CHARS (keeping the end).
+    Never raises: when the traceback itself cannot be formatted, says so."""
+    try:
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    except BaseException as failure:  # formatting user objects can raise anything
+        text = (
+            f"{type(error).__name__}: {exception_message(error)}\n"
+            f"(the traceback could not be formatted: {type(failure).__name__})\n"
+        )
+    if len(text) > MAX_TRACEBACK_CHARS:
+        text = "...\n" + text[-(MAX_TRACEBACK_CHARS - 4) :]
+    return text
 
 
 class WorkerFunction:
@@ -85,7 +143,7 @@ class WorkerFunction:
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         if not callable(fn):
-            raise TypeError(f"a worker must be a function, got {type(fn).__name__}")
+            raise WorkerSignatureError(f"a worker must be a function, got {type(fn).__name__}")
         self.fn = fn
         self.name = getattr(fn, "__qualname__", repr(fn))
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
@@ -193,15 +251,16 @@ def _failure(
     *,
     with_traceback: bool = True,
 ) -> Outcome:
-    reason = str(error) or type(error).__name__
+    reason = exception_message(error)
     logs = context.logs
     if with_traceback:
-        text = "".join(traceback.format_exception(error))
-        if len(text) > MAX_TRACEBACK_CHARS:
-            text = "...\n" + text[-(MAX_TRACEBACK_CHARS - 4) :]
         logs = [
             *logs,
-            {"log": text, "taskId": context.task_id, "createdTime": int(time.time() * 1000)},
+            {
+                "log": format_traceback(error),
+                "taskId": context.task_id,
+                "createdTime": int(time.time() * 1000),
+            },
         ]
     return Outcome(
         context.task,

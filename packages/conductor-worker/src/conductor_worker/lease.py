@@ -24,19 +24,30 @@ log = logging.getLogger(__name__)
 MIN_INTERVAL_SECONDS = 0.5
 
 
-@dataclass
+@dataclass(slots=True)
 class _Lease:
-    task: Task
+    """What a heartbeat needs: the ids, not the Task (its inputData may be large, and a lease
+    can sit in the schedule long after its task finished)."""
+
+    task_id: str
+    workflow_instance_id: str
     worker_id: str
     interval: float | None  # None: heartbeats only on demand
     active: bool = True
     sent: int = field(default=0)
+    scheduled: int = 0  # entries for this lease in the heap
+
+
+# Compact the heap when more than this share of its entries belong to released leases, and it
+# has at least COMPACT_MIN_ENTRIES entries (a handful of dead ones are not worth a rebuild).
+COMPACT_MIN_ENTRIES = 64
 
 
 class LeaseKeeper:
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
         self._heap: list[tuple[float, int, _Lease, bool]] = []
+        self._dead = 0  # heap entries of released leases, dropped lazily
         self._cond = threading.Condition()
         self._seq = 0
         self._closed = False
@@ -46,7 +57,7 @@ class LeaseKeeper:
         """Start tracking a task that is about to run; stop with release()."""
         timeout = task.response_timeout_seconds or 0
         interval = max(MIN_INTERVAL_SECONDS, timeout / 2) if automatic and timeout > 0 else None
-        lease = _Lease(task, worker_id, interval)
+        lease = _Lease(task.task_id or "", task.workflow_instance_id or "", worker_id, interval)
         if interval is not None:
             self._schedule(lease, interval, periodic=True)
         return lease
@@ -57,22 +68,40 @@ class LeaseKeeper:
     def heartbeat_callback(self, lease: _Lease) -> Callable[[], None]:
         return lambda: self.heartbeat_now(lease)
 
-    @staticmethod
-    def release(lease: _Lease) -> None:
-        lease.active = False  # dropped lazily when it comes up in the heap
+    def release(self, lease: _Lease) -> None:
+        """Stop the heartbeats of a task (it finished). Its heap entries are dropped when they
+        come up, or all at once when released entries make up over half of the heap."""
+        with self._cond:
+            if not lease.active:
+                return
+            lease.active = False
+            self._dead += lease.scheduled
+            if len(self._heap) >= COMPACT_MIN_ENTRIES and self._dead * 2 > len(self._heap):
+                self._heap = [entry for entry in self._heap if entry[2].active]
+                heapq.heapify(self._heap)
+                self._dead = 0
+
+    @property
+    def scheduled(self) -> int:
+        """How many heartbeats are scheduled (released leases' entries included until
+        dropped)."""
+        with self._cond:
+            return len(self._heap)
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._heap.clear()
+            self._dead = 0
             self._cond.notify()
 
     def _schedule(self, lease: _Lease, delay: float, *, periodic: bool) -> None:
         with self._cond:
-            if self._closed:
+            if self._closed or not lease.active:
                 return
             self._seq += 1
             heapq.heappush(self._heap, (time.monotonic() + delay, self._seq, lease, periodic))
+            lease.scheduled += 1
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="conductor-lease", daemon=True
@@ -89,18 +118,19 @@ class LeaseKeeper:
                 if self._closed:
                     return
                 _, _, lease, periodic = heapq.heappop(self._heap)
-            if not lease.active:
-                continue
+                lease.scheduled -= 1
+                if not lease.active:
+                    self._dead -= 1
+                    continue
             self._send(lease)
-            if periodic and lease.interval is not None and lease.active:
-                self._schedule(lease, lease.interval, periodic=True)
+            if periodic and lease.interval is not None:
+                self._schedule(lease, lease.interval, periodic=True)  # not if released since
 
     def _send(self, lease: _Lease) -> None:
-        task = lease.task
         body = json.dumps(
             {
-                "taskId": task.task_id,
-                "workflowInstanceId": task.workflow_instance_id,
+                "taskId": lease.task_id,
+                "workflowInstanceId": lease.workflow_instance_id,
                 "workerId": lease.worker_id,
                 "status": "IN_PROGRESS",
                 "extendLease": True,
@@ -109,11 +139,14 @@ class LeaseKeeper:
         try:
             self._transport.update(body, take_next=False)
             lease.sent += 1
-            log.debug("extended the lease of task %s", task.task_id)
+            log.debug("extended the lease of task %s", lease.task_id)
         except ServerError as error:
             log.warning(
                 "could not extend the lease of task %s (workflow %s): %s",
-                task.task_id, task.workflow_instance_id, error,
+                lease.task_id, lease.workflow_instance_id, error,
             )  # fmt: skip
         except Exception:  # a bug must not stop the heartbeats of every other task
-            log.exception("unexpected error extending the lease of task %s", task.task_id)
+            log.exception(
+                "unexpected error extending the lease of task %s (workflow %s)",
+                lease.task_id, lease.workflow_instance_id,
+            )  # fmt: skip

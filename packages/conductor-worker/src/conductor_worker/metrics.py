@@ -169,7 +169,8 @@ class TaskTypeMetrics:
 
     def poll_failed(self, status: str, after_failures: bool) -> None:
         """Count a failed poll. status: the HTTP status ("500"), or "timeout", "connection",
-        "malformed_response"; after_failures: the polls just before this one failed too."""
+        "malformed_response", "auth" (the token endpoint failed), "unexpected" (an unexpected
+        error in the poll loop); after_failures: the polls just before this one failed too."""
         self._m.poll_error.labels(
             self.task_type, "true" if after_failures else "false", status
         ).inc()

@@ -1,0 +1,241 @@
+"""TaskRunner against user code that misbehaves in odd ways, with the fake Conductor.
+
+Worker functions and hooks are the user's: an exception that cannot be printed, a message with
+a lone surrogate, an on_undelivered hook that raises SystemExit. Whatever they do, each task's
+result reaches the server (or on_undelivered), the runner keeps working and lets go of the
+memory of finished tasks, and shutdown() returns True.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from conductor_worker import (
+    ConductorClient,
+    HttpSettings,
+    PendingResult,
+    RetryPolicy,
+    Task,
+    TaskRunner,
+    task_context,
+)
+from conductor_worker import runner as runner_module
+from tests.fakes import FakeConductorServer, FakeResponse
+from tests.fakes.conductor import UPDATES
+
+pytestmark = pytest.mark.timeout(60)
+
+TASK = "user_code_task"
+WORKER_ID = "user-code-worker"
+CLIENT_TIMEOUT = 0.5
+UNDECODABLE_NAME = os.fsdecode(b"report-\xff.csv")  # "report-\udcff.csv"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_module, "MAX_ERROR_BACKOFF_SECONDS", 1.0)
+    for name in list(os.environ):
+        if name.startswith("CONDUCTOR_WORKER_"):
+            monkeypatch.delenv(name)
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.01)
+
+
+@dataclass
+class Run:
+    fake: FakeConductorServer
+    runner: TaskRunner
+    undelivered: list[tuple[PendingResult, str]] = field(default_factory=list)
+
+
+@contextmanager
+def running(
+    fake: FakeConductorServer,
+    fn: Callable[..., Any],
+    *,
+    batch_size: int = 1,
+    max_attempts: int = 10,
+    on_undelivered: Callable[[PendingResult, str], None] | None = None,
+) -> Iterator[Run]:
+    client = ConductorClient(
+        None,
+        HttpSettings(
+            fake.url, timeout_seconds=CLIENT_TIMEOUT, connect_timeout_seconds=CLIENT_TIMEOUT
+        ),
+    )
+    undelivered: list[tuple[PendingResult, str]] = []
+    runner = TaskRunner(
+        client,
+        shutdown_grace_seconds=5.0,
+        retry_policy=RetryPolicy(
+            max_attempts=max_attempts, initial_delay_seconds=0.05, max_delay_seconds=0.2
+        ),
+        on_undelivered=on_undelivered or (lambda item, error: undelivered.append((item, error))),
+        registry=CollectorRegistry(),
+    )
+    try:
+        runner.start_worker(
+            TASK,
+            fn,
+            batch_size=batch_size,
+            poll_interval=0.05,
+            poll_timeout=0.1,
+            worker_id=WORKER_ID,
+        )
+        yield Run(fake, runner, undelivered)
+    finally:
+        runner.shutdown(5.0)
+        client.close()
+
+
+# -- results that must get through --------------------------------------------------------------
+
+
+def sync_files(mode: str) -> dict[str, bool]:
+    if mode == "raise":
+        raise FileNotFoundError(f"cannot open {UNDECODABLE_NAME}")
+    task_context().add_log(f"processing {UNDECODABLE_NAME}")
+    return {"ok": True}
+
+
+async def async_files(mode: str) -> dict[str, bool]:
+    await asyncio.sleep(0)
+    return sync_files(mode)
+
+
+@pytest.mark.parametrize("fn", [sync_files, async_files], ids=["sync", "async"])
+def test_a_lone_surrogate_in_a_reason_or_log_line_is_reported_readably(
+    fn: Callable[..., Any],
+) -> None:
+    with FakeConductorServer() as fake:
+        raising, logging_ = fake.add_tasks(TASK, 2, input=lambda i: {"mode": ["raise", "log"][i]})
+        with running(fake, fn) as run:
+            results = fake.wait_for_results([raising, logging_])
+            assert run.runner.shutdown(5.0)
+
+        [failed] = results[raising]
+        assert failed["status"] == "FAILED"
+        assert failed["reasonForIncompletion"] == "cannot open report-\\udcff.csv"
+        [completed] = results[logging_]
+        assert completed["status"] == "COMPLETED"
+        assert completed["logs"][0]["log"] == "processing report-\\udcff.csv"
+        assert run.undelivered == []
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise self
+
+    def __repr__(self) -> str:
+        raise self
+
+
+def sync_unprintable(n: int) -> None:
+    raise Unprintable()
+
+
+async def async_unprintable(n: int) -> None:
+    await asyncio.sleep(0)
+    raise Unprintable()
+
+
+@pytest.mark.parametrize("fn", [sync_unprintable, async_unprintable], ids=["sync", "async"])
+def test_an_exception_that_cannot_be_printed_fails_the_task_and_ends_its_lease(
+    fn: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with FakeConductorServer() as fake:
+        # A 2 s response timeout: the lease would be extended every second while "running".
+        [task_id] = fake.add_tasks(TASK, 1, input={"n": 1}, responseTimeoutSeconds=2)
+        with running(fake, fn) as run:
+            [result] = fake.wait_for_results([task_id])[task_id]
+            with caplog.at_level(logging.ERROR, logger="conductor_worker"):
+                assert run.runner.shutdown(5.0)  # nothing left running
+
+    assert result["status"] == "FAILED"
+    assert result["reasonForIncompletion"] == "Unprintable"
+    assert fn.__name__ in result["logs"][-1]["log"]  # the traceback, with the user's frame
+    assert not [r for r in caplog.records if "still running" in r.getMessage()]
+    assert fake.task(task_id)["status"] == "FAILED"
+
+
+# -- memory of finished tasks --------------------------------------------------------------------
+
+
+def live_tasks(ids: list[str]) -> int:
+    """How many of these tasks (Task objects, inputData and all) are still in memory."""
+    wanted = set(ids)
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, Task) and obj.task_id in wanted)
+
+
+@pytest.mark.parametrize("fn", [sync_files, async_files], ids=["sync", "async"])
+def test_finished_tasks_with_a_response_timeout_are_not_kept_in_memory(
+    fn: Callable[..., Any],
+) -> None:
+    tasks, batch_size = 60, 4
+    with FakeConductorServer() as fake:
+        # The default response timeout (1 hour): the next automatic heartbeat is 30 min away.
+        ids = fake.add_tasks(
+            TASK, tasks, input={"mode": "log", "blob": "x" * 100_000}, responseTimeoutSeconds=3600
+        )
+        with running(fake, fn, batch_size=batch_size) as run:
+            fake.wait_for_results(ids, timeout=30)
+
+            # Not one per finished task. A few stay referenced by the idle pool threads (at
+            # most batch_size of them): the last job's arguments, until the next job
+            # (concurrency.ThreadPool._work); for async workers that job is a delivery, whose
+            # outcome holds its task and whose future the next task.
+            wait_until(lambda: live_tasks(ids) <= 2 * batch_size)
+            assert run.runner.shutdown(5.0)
+
+
+# -- the on_undelivered hook ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raised", [SystemExit("hook says no"), KeyboardInterrupt()])
+def test_a_hook_raising_a_base_exception_does_not_stop_later_redeliveries(
+    raised: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    given_up: list[str] = []
+
+    def hook(item: PendingResult, error: str) -> None:
+        given_up.append(item.task_id)
+        if len(given_up) == 1:
+            raise raised
+
+    with FakeConductorServer() as fake:
+        down = fake.inject(UPDATES, FakeResponse.error(503, "down"))
+        [first] = fake.add_tasks(TASK, 1, input={"mode": "log"})
+        with running(fake, sync_files, max_attempts=3, on_undelivered=hook) as run:
+            wait_until(lambda: given_up == [first])  # retried, given up; the hook raised
+            down.cancel()
+            blip = fake.inject("update_v2", FakeResponse.error(503, "blip"), count=1)
+            [second] = fake.add_tasks(TASK, 1, input={"mode": "log"})
+
+            # The first report of the second result fails once; the retry delivers it.
+            [result] = fake.wait_for_results([second])[second]
+            assert blip.hits == 1
+            assert result["status"] == "COMPLETED"
+            assert run.runner.shutdown(5.0)
+
+    assert given_up == [first]
+    [record] = [r for r in caplog.records if "on_undelivered hook raised" in r.getMessage()]
+    assert first in record.getMessage()
+    assert fake.task(first)["workflowInstanceId"] in record.getMessage()
