@@ -150,6 +150,7 @@ def running(
     batch_size: int = 2,
     max_attempts: int = 10,
     auth: AuthenticationSettings | None = None,
+    on_undelivered: Callable[[PendingResult, str], None] | None = None,
 ) -> Iterator[Run]:
     """A TaskRunner serving TASK with `fn`, against `fake`; shut down and closed at the end."""
     client = ConductorClient(
@@ -166,7 +167,7 @@ def running(
         retry_policy=RetryPolicy(
             max_attempts=max_attempts, initial_delay_seconds=0.05, max_delay_seconds=0.2
         ),
-        on_undelivered=lambda item, error: undelivered.append((item, error)),
+        on_undelivered=on_undelivered or (lambda item, error: undelivered.append((item, error))),
         registry=registry,
     )
     try:

@@ -100,7 +100,7 @@ def test_a_valid_grace_runs_and_a_sigterm_stops_cleanly(
     workers: Path, fake: FakeConductorServer
 ) -> None:
     [task_id] = fake.add_tasks("cli_task", 1, input={"n": 7})
-    proc = cli("cli_workers", "--grace", "0", cwd=workers, server_url=fake.url, wait=False)
+    proc = cli("cli_workers", "--grace", "2", cwd=workers, server_url=fake.url, wait=False)
     assert isinstance(proc, subprocess.Popen)
     try:
         [result] = fake.wait_for_results([task_id], timeout=30)[task_id]

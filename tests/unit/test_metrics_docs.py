@@ -16,8 +16,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from conductor_worker import AuthenticationSettings, ConductorClient, HttpSettings, TaskRunner
-from conductor_worker import runner as runner_module
+from conductor_worker import (
+    AuthenticationSettings,
+    ConductorClient,
+    HttpSettings,
+    TaskRunner,
+    task_type_worker,
+)
 from conductor_worker.transport import Transport
 from tests.fakes import FakeConductorServer, FakeResponse, invalid_json
 
@@ -29,7 +34,7 @@ TASK = "metrics_doc_task"
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner_module, "MAX_ERROR_BACKOFF_SECONDS", 0.2)
+    monkeypatch.setattr(task_type_worker, "MAX_ERROR_BACKOFF_SECONDS", 0.2)
     for name in list(os.environ):
         if name.startswith("CONDUCTOR_WORKER_"):
             monkeypatch.delenv(name)

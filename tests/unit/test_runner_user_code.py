@@ -12,97 +12,28 @@ import asyncio
 import gc
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from conductor_worker import (
-    ConductorClient,
-    HttpSettings,
     PendingResult,
-    RetryPolicy,
     Task,
-    TaskRunner,
     task_context,
 )
-from conductor_worker import runner as runner_module
 from tests.fakes import FakeConductorServer, FakeResponse
 from tests.fakes.conductor import UPDATES
+from tests.unit.runner_harness import TASK, fast_and_isolated, running, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-TASK = "user_code_task"
-WORKER_ID = "user-code-worker"
-CLIENT_TIMEOUT = 0.5
 UNDECODABLE_NAME = os.fsdecode(b"report-\xff.csv")  # "report-\udcff.csv"
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner_module, "MAX_ERROR_BACKOFF_SECONDS", 1.0)
-    for name in list(os.environ):
-        if name.startswith("CONDUCTOR_WORKER_"):
-            monkeypatch.delenv(name)
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.01)
-
-
-@dataclass
-class Run:
-    fake: FakeConductorServer
-    runner: TaskRunner
-    undelivered: list[tuple[PendingResult, str]] = field(default_factory=list)
-
-
-@contextmanager
-def running(
-    fake: FakeConductorServer,
-    fn: Callable[..., Any],
-    *,
-    batch_size: int = 1,
-    max_attempts: int = 10,
-    on_undelivered: Callable[[PendingResult, str], None] | None = None,
-) -> Iterator[Run]:
-    client = ConductorClient(
-        None,
-        HttpSettings(
-            fake.url, timeout_seconds=CLIENT_TIMEOUT, connect_timeout_seconds=CLIENT_TIMEOUT
-        ),
-    )
-    undelivered: list[tuple[PendingResult, str]] = []
-    runner = TaskRunner(
-        client,
-        shutdown_grace_seconds=5.0,
-        retry_policy=RetryPolicy(
-            max_attempts=max_attempts, initial_delay_seconds=0.05, max_delay_seconds=0.2
-        ),
-        on_undelivered=on_undelivered or (lambda item, error: undelivered.append((item, error))),
-        registry=CollectorRegistry(),
-    )
-    try:
-        runner.start_worker(
-            TASK,
-            fn,
-            batch_size=batch_size,
-            poll_interval=0.05,
-            poll_timeout=0.1,
-            worker_id=WORKER_ID,
-        )
-        yield Run(fake, runner, undelivered)
-    finally:
-        runner.shutdown(5.0)
-        client.close()
+    fast_and_isolated(monkeypatch)
 
 
 # -- results that must get through --------------------------------------------------------------
@@ -126,7 +57,7 @@ def test_a_lone_surrogate_in_a_reason_or_log_line_is_reported_readably(
 ) -> None:
     with FakeConductorServer() as fake:
         raising, logging_ = fake.add_tasks(TASK, 2, input=lambda i: {"mode": ["raise", "log"][i]})
-        with running(fake, fn) as run:
+        with running(fake, fn, batch_size=1) as run:
             results = fake.wait_for_results([raising, logging_])
             assert run.runner.shutdown(5.0)
 
@@ -163,7 +94,7 @@ def test_an_exception_that_cannot_be_printed_fails_the_task_and_ends_its_lease(
     with FakeConductorServer() as fake:
         # A 2 s response timeout: the lease would be extended every second while "running".
         [task_id] = fake.add_tasks(TASK, 1, input={"n": 1}, responseTimeoutSeconds=2)
-        with running(fake, fn) as run:
+        with running(fake, fn, batch_size=1) as run:
             [result] = fake.wait_for_results([task_id])[task_id]
             with caplog.at_level(logging.ERROR, logger="conductor_worker"):
                 assert run.runner.shutdown(5.0)  # nothing left running
@@ -198,11 +129,7 @@ def test_finished_tasks_with_a_response_timeout_are_not_kept_in_memory(
         with running(fake, fn, batch_size=batch_size) as run:
             fake.wait_for_results(ids, timeout=30)
 
-            # Not one per finished task. A few stay referenced by the idle pool threads (at
-            # most batch_size of them): the last job's arguments, until the next job
-            # (concurrency.ThreadPool._work); for async workers that job is a delivery, whose
-            # outcome holds its task and whose future the next task.
-            wait_until(lambda: live_tasks(ids) <= 2 * batch_size)
+            wait_until(lambda: live_tasks(ids) == 0)  # idle pool threads keep no job
             assert run.runner.shutdown(5.0)
 
 
@@ -223,10 +150,10 @@ def test_a_hook_raising_a_base_exception_does_not_stop_later_redeliveries(
     with FakeConductorServer() as fake:
         down = fake.inject(UPDATES, FakeResponse.error(503, "down"))
         [first] = fake.add_tasks(TASK, 1, input={"mode": "log"})
-        with running(fake, sync_files, max_attempts=3, on_undelivered=hook) as run:
+        with running(fake, sync_files, batch_size=1, max_attempts=3, on_undelivered=hook) as run:
             wait_until(lambda: given_up == [first])  # retried, given up; the hook raised
             down.cancel()
-            blip = fake.inject("update_v2", FakeResponse.error(503, "blip"), count=1)
+            blip = fake.inject(UPDATES, FakeResponse.error(503, "blip"), count=1)
             [second] = fake.add_tasks(TASK, 1, input={"mode": "log"})
 
             # The first report of the second result fails once; the retry delivers it.

@@ -69,5 +69,7 @@ class ThreadPool:
                 fn(*args)
             except BaseException:  # the job is expected to handle its own errors
                 log.exception("unexpected error in %s", threading.current_thread().name)
+            # An idle thread must not keep its last job (a task and its input) alive.
+            del job, fn, args
             with self._lock:
                 self._idle += 1

@@ -232,14 +232,21 @@ class TaskRunner:
         for worker in workers:
             worker.stop()
         clean = True
-        for worker in workers:
-            if not worker.join_poller(deadline):
-                clean = False
-                log.error(
-                    "a poll for %r was still open at the end of the grace period; tasks it "
-                    "brings are handed back to the server",
-                    worker.task_type,
-                )
+        open_polls = [worker for worker in workers if not worker.join_poller(deadline)]
+        if open_polls:
+            # Past the grace period, what an open long poll brings is handed back rather than
+            # run; wait for it (at most its own timeout) so that nothing it brings is lost.
+            self._closed = True
+            for worker in open_polls:
+                if not worker.join_poller(
+                    time.monotonic() + worker.options.poll_timeout_seconds + 1.0
+                ):
+                    clean = False
+                    log.error(
+                        "a poll for %r did not end after the grace period; a task it brings "
+                        "is handed back only if it ends before this process does",
+                        worker.task_type,
+                    )
         clean = all([worker.wait_idle(deadline) for worker in workers]) and clean
         clean = self._redelivery.drain(deadline) and clean
         for worker in workers:

@@ -21,6 +21,8 @@ from conductor_worker.execution import (
     FAILED,
     Outcome,
     WorkerFunction,
+    exception_message,
+    exception_repr,
     execute_async,
     execute_sync,
 )
@@ -192,20 +194,25 @@ class TaskTypeWorker:
             if failures:
                 log.info("poll for %r works again after %d failure(s)", self.task_type, failures)
                 failures = 0
-            metrics.polled.inc(len(tasks) + len(malformed))
-            for broken in malformed:
-                self._report_malformed(broken)
+            received = len(tasks) + len(malformed)
+            metrics.polled.inc(received)
             # A long poll returns at its first task, so only an instant one shows a queue.
-            self._backlog = busy and len(tasks) + len(malformed) >= count
-            if not tasks:
-                if busy:
-                    busy = False  # drained: go back to waiting, no pause needed
-                else:
-                    self._sleep(self.poll_interval)
-                continue
-            busy = True
-            for task in self._admit(tasks):
-                self._dispatch(task)
+            self._backlog = busy and received >= count
+            self._take(tasks, malformed)
+            # This thread must not keep the last batch (inputs and all) alive while it waits.
+            del tasks, malformed
+            if received:
+                busy = True
+            elif busy:
+                busy = False  # drained: go back to waiting, no pause needed
+            else:
+                self._sleep(self.poll_interval)
+
+    def _take(self, tasks: list[Task], malformed: list[MalformedTask]) -> None:
+        for broken in malformed:
+            self._report_malformed(broken)
+        for task in self._admit(tasks):
+            self._dispatch(task)
 
     def _admit(self, tasks: Iterable[Task]) -> list[Task]:
         """The polled tasks to run here: each once, and only of this task type.
@@ -400,7 +407,9 @@ class TaskTypeWorker:
                     "workflowInstanceId": task.workflow_instance_id,
                     "workerId": self.worker_id,
                     "status": FAILED,
-                    "reasonForIncompletion": f"the result could not be encoded: {error!r}"[:500],
+                    "reasonForIncompletion": (
+                        f"the result could not be encoded: {exception_message(error)}"[:500]
+                    ),
                 }
             ).encode()
 
@@ -430,14 +439,10 @@ class TaskTypeWorker:
 
 def _escaped(task: Task, error: BaseException, started: float) -> Outcome:
     """An outcome for a BaseException that got past the worker (SystemExit, cancellation)."""
-    try:
-        reason = repr(error)
-    except Exception:  # a __repr__ that raises must not lose the result
-        reason = type(error).__name__
     return Outcome(
         task,
         FAILED,
-        reason=reason,
+        reason=exception_repr(error),  # never raises, whatever the exception's __repr__ does
         error_kind="exception",
         duration_seconds=time.perf_counter() - started,
     )
