@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import threading
 import time
 import traceback
@@ -37,6 +36,12 @@ from conductor_worker.execution import (
     exception_repr,
     execute_async,
     execute_sync,
+)
+from tests.unit.awkward_user_code import (
+    UNDECODABLE_NAME,
+    Unprintable,
+    async_unprintable,
+    sync_unprintable,
 )
 
 COMPLETED = "COMPLETED"
@@ -464,7 +469,6 @@ def test_encode_of_an_exception_outcome() -> None:
 
 
 # A file name read from a non-UTF-8 directory: os.fsdecode() keeps the byte as a lone surrogate.
-UNDECODABLE_NAME = os.fsdecode(b"report-\xff.csv")  # "report-\udcff.csv"
 
 
 def sync_cannot_open() -> None:
@@ -523,25 +527,6 @@ def test_a_lone_surrogate_in_the_output_still_fails_with_its_json_path() -> None
 
     assert body["status"] == TERMINAL
     assert body["reasonForIncompletion"].startswith("$.files[0]: ")
-
-
-class Unprintable(Exception):
-    """An exception whose __str__ and __repr__ raise (here: the exception itself)."""
-
-    def __str__(self) -> str:
-        raise self
-
-    def __repr__(self) -> str:
-        raise self
-
-
-def sync_unprintable(n: int) -> None:
-    raise Unprintable()
-
-
-async def async_unprintable(n: int) -> None:
-    await asyncio.sleep(0)
-    raise Unprintable()
 
 
 @pytest.mark.parametrize("fn", [sync_unprintable, async_unprintable], ids=["sync", "async"])

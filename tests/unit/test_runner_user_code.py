@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,11 +23,14 @@ from conductor_worker import (
 )
 from tests.fakes import FakeConductorServer, FakeResponse
 from tests.fakes.conductor import UPDATES
+from tests.unit.awkward_user_code import (
+    UNDECODABLE_NAME,
+    async_unprintable,
+    sync_unprintable,
+)
 from tests.unit.runner_harness import TASK, fast_and_isolated, running, wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-UNDECODABLE_NAME = os.fsdecode(b"report-\xff.csv")  # "report-\udcff.csv"
 
 
 @pytest.fixture(autouse=True)
@@ -68,23 +70,6 @@ def test_a_lone_surrogate_in_a_reason_or_log_line_is_reported_readably(
         assert completed["status"] == "COMPLETED"
         assert completed["logs"][0]["log"] == "processing report-\\udcff.csv"
         assert run.undelivered == []
-
-
-class Unprintable(Exception):
-    def __str__(self) -> str:
-        raise self
-
-    def __repr__(self) -> str:
-        raise self
-
-
-def sync_unprintable(n: int) -> None:
-    raise Unprintable()
-
-
-async def async_unprintable(n: int) -> None:
-    await asyncio.sleep(0)
-    raise Unprintable()
 
 
 @pytest.mark.parametrize("fn", [sync_unprintable, async_unprintable], ids=["sync", "async"])
