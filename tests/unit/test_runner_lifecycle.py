@@ -20,12 +20,14 @@ from conductor_worker import (
     ConductorClient,
     ConfigurationError,
     HttpSettings,
+    PendingResult,
     RunnerState,
     TaskRunner,
     task_context,
     task_type_worker,
 )
 from tests.fakes import FakeConductorServer, FakeResponse
+from tests.fakes.conductor import UPDATES
 from tests.unit.runner_harness import (
     TASK,
     WORKER_ID,
@@ -283,3 +285,47 @@ def test_polls_that_keep_failing_are_logged_again_not_only_once(
 
 def _poll_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.getMessage().startswith(f"poll for {TASK!r} failed")]
+
+
+def test_shutdown_called_from_the_undelivered_hook_during_shutdown_returns() -> None:
+    calls: list[bool] = []
+    holder: list[TaskRunner] = []
+
+    def hook(item: PendingResult, error: str) -> None:
+        calls.append(holder[0].shutdown(1.0))  # re-entered from shutdown's own thread
+
+    with FakeConductorServer() as fake:
+        fake.inject(UPDATES, FakeResponse.error(503, "down"))
+        numbers = add_numbers(fake, 1)
+        with running(fake, double, batch_size=1, max_attempts=1000, on_undelivered=hook) as run:
+            holder.append(run.runner)
+            wait_until(lambda: run.metric("task_update_error_total") >= 2)
+            assert run.stop(timeout=0.5) is False  # the result was left undelivered
+
+    assert calls == [False]  # the hook got the result, and its shutdown() call returned
+    assert set(numbers).isdisjoint(fake.results)  # the server never accepted it
+
+
+def test_pause_holds_for_a_poll_that_was_waiting_for_a_free_slot() -> None:
+    release = threading.Event()
+    ran: list[int] = []
+
+    def gated(n: int) -> dict[str, int]:
+        ran.append(n)
+        release.wait(10)
+        return {"doubled": 2 * n}
+
+    with FakeConductorServer() as fake, running(fake, gated, batch_size=1) as run:
+        first = add_numbers(fake, 1)
+        wait_until(lambda: ran == [0])
+        second = add_numbers(fake, 1, start=1)  # queued; the poll thread waits for the slot
+        run.runner.pause(TASK)
+        release.set()
+        fake.wait_for_results(first)
+        time.sleep(0.5)  # a poll, had one been sent, would have taken the queued task by now
+        assert ran == [0]
+        assert fake.queued(TASK) == 1
+
+        run.runner.resume(TASK)
+        fake.wait_for_results(second)
+        assert ran == [0, 1]

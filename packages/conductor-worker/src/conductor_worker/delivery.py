@@ -172,7 +172,10 @@ class Redelivery:
                 self._on_attempt(item, time.perf_counter() - started, error)
             self.submit(item, error)
         except Exception as error:  # a bug must not kill the thread and lose the queue
-            log.exception("unexpected error delivering the result of task %s", item.task_id)
+            log.exception(
+                "unexpected error delivering the result of task %s (workflow %s)",
+                item.task_id, item.workflow_instance_id,
+            )  # fmt: skip
             item.last_error = repr(error)
             self._give_up(item)
         else:

@@ -94,6 +94,7 @@ class TaskRunner:
         self._state = RunnerState.CREATED
         self._stopped = threading.Event()
         self._shutdown_lock = threading.Lock()
+        self._shutdown_owner: threading.Thread | None = None
         self._clean_shutdown = True
         self._closed = False  # set once the pool and loop are closing: no task starts after
 
@@ -203,24 +204,32 @@ class TaskRunner:
         shutdown then proceeds in the background and the call returns False at once.
         """
         grace = self.shutdown_grace_seconds if timeout is None else _grace(timeout, "timeout")
+        if self._shutdown_owner is threading.current_thread():
+            return False  # called again during this shutdown, e.g. from on_undelivered
         if current_task_context() is not None or (
             self._loop is not None and self._loop.is_current_thread()
         ):
             threading.Thread(
-                target=self.shutdown, args=(timeout,), name="conductor-shutdown", daemon=True
+                target=self._shutdown, args=(grace,), name="conductor-shutdown", daemon=True
             ).start()
             return False
+        return self._shutdown(grace)
+
+    def _shutdown(self, grace: float) -> bool:
         with self._shutdown_lock:
             if self._state is RunnerState.STOPPED:
                 return self._clean_shutdown
+            self._shutdown_owner = threading.current_thread()
             deadline = time.monotonic() + grace
             with self._lock:
                 self._state = RunnerState.STOPPING
                 workers = list(self._workers.values())
+            self._clean_shutdown = False  # unless the drain completes
             try:
                 self._clean_shutdown = self._drain(workers, grace, deadline)
             finally:
                 self._state = RunnerState.STOPPED
+                self._shutdown_owner = None
                 self._stopped.set()
             log.info("stopped%s", "" if self._clean_shutdown else " (not everything finished)")
             return self._clean_shutdown
@@ -235,12 +244,11 @@ class TaskRunner:
         open_polls = [worker for worker in workers if not worker.join_poller(deadline)]
         if open_polls:
             # Past the grace period, what an open long poll brings is handed back rather than
-            # run; wait for it (at most its own timeout) so that nothing it brings is lost.
+            # run; wait for it (at most its own timeout + 1 s) so that nothing it brings is lost.
             self._closed = True
+            extra = time.monotonic() + max(w.options.poll_timeout_seconds for w in open_polls) + 1
             for worker in open_polls:
-                if not worker.join_poller(
-                    time.monotonic() + worker.options.poll_timeout_seconds + 1.0
-                ):
+                if not worker.join_poller(extra):
                     clean = False
                     log.error(
                         "a poll for %r did not end after the grace period; a task it brings "
@@ -249,6 +257,7 @@ class TaskRunner:
                     )
         clean = all([worker.wait_idle(deadline) for worker in workers]) and clean
         clean = self._redelivery.drain(deadline) and clean
+        clean = clean and not any(worker.hand_back_failures for worker in workers)
         for worker in workers:
             for task_id, workflow_id in worker.running():
                 log.error(
@@ -322,7 +331,12 @@ class TaskRunner:
         # Before the thread starts (which may finish, setting STOPPED): a quick second signal
         # must see that the first one is being handled.
         self._state = RunnerState.STOPPING
-        threading.Thread(target=self.shutdown, name="conductor-shutdown", daemon=True).start()
+        threading.Thread(
+            target=self._shutdown,
+            args=(self.shutdown_grace_seconds,),
+            name="conductor-shutdown",
+            daemon=True,
+        ).start()
 
     def _undelivered(self, item: PendingResult, error: str) -> None:
         worker = self._workers.get(item.task_type)
@@ -346,4 +360,5 @@ class TaskRunner:
 def _grace(seconds: float, name: str) -> float:
     if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
         raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, got {seconds!r}")
-    return float(seconds)
+    # Thread.join and Condition.wait refuse longer waits (about 292 years).
+    return min(float(seconds), threading.TIMEOUT_MAX)

@@ -6,6 +6,7 @@ the thread pool, the event loop, lease extension, redelivery, metrics) and the l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -65,6 +66,7 @@ class TaskTypeWorker:
         self._wake = threading.Event()
         self._stopping = False
         self._running: dict[str, str] = {}  # task id -> workflow id
+        self.hand_back_failures = 0  # tasks left assigned to us on the server
         # Whether more tasks are probably queued: the last instant poll filled every slot it
         # asked for, or the last update-v2 brought a next task. Only then do results go back
         # with update-v2. On an empty queue update-v2 costs more than it saves: Conductor OSS
@@ -150,12 +152,12 @@ class TaskTypeWorker:
         # there now, for every free slot. Idle: wait (long poll) for the next single task.
         busy = False
         while not self._stopping:
-            if self.paused:
-                self._sleep(1.0)
-                continue
             free = self._free_slots()
             if not free:
                 break
+            if self.paused:  # checked after the wait for a slot, which may be long
+                self._sleep(1.0)
+                continue
             started = time.perf_counter()
             metrics.poll.inc()
             count = free if busy else 1
@@ -241,8 +243,8 @@ class TaskTypeWorker:
         return admitted
 
     def _dispatch(self, task: Task) -> None:
-        if self.runner._closed:
-            self._hand_back(task, "the runner has stopped")
+        if self._stopping or self.runner._closed:
+            self._hand_back(task, "the runner is stopping")
             return
         with self._cond:
             self.busy += 1
@@ -250,7 +252,7 @@ class TaskTypeWorker:
             if self.function.is_async:
                 loop = self.runner._loop
                 assert loop is not None
-                loop.submit(self._run_async(task))
+                loop.submit(self._run_async(task)).add_done_callback(self._log_crash)
             else:
                 self.runner._pool.submit(self._run_sync, task)
         except RuntimeError:  # the pool or the loop closed in the meantime
@@ -268,11 +270,21 @@ class TaskTypeWorker:
         try:
             self.runner._transport.update(body, take_next=False)
         except Exception as error:
+            self.hand_back_failures += 1
             log.error(
                 "task %s (workflow %s) could not be handed back (%s); the server will time it "
                 "out and retry it per its definition",
                 task.task_id, task.workflow_instance_id, error,
             )  # fmt: skip
+
+    def _log_crash(self, future: Any) -> None:
+        """A bug in the async path must not vanish in a future nobody reads."""
+        if not future.cancelled() and future.exception() is not None:
+            log.error(
+                "unexpected error running a task of type %r",
+                self.task_type,
+                exc_info=future.exception(),
+            )
 
     def _release(self) -> None:
         with self._cond:
@@ -343,9 +355,14 @@ class TaskTypeWorker:
         try:
             result = self._deliver(outcome)
         except BaseException as error:
-            loop.call_soon_threadsafe(future.set_exception, error)
-        else:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing waits
+                loop.call_soon_threadsafe(future.set_exception, error)
+            return
+        try:
             loop.call_soon_threadsafe(future.set_result, result)
+        except RuntimeError:  # the loop has closed: the next task cannot run here
+            if result is not None:
+                self._hand_back(result, "the runner has stopped")
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -370,7 +387,10 @@ class TaskTypeWorker:
             following = self.runner._transport.update(body, take_next=take_next)
         except Exception as error:
             if not isinstance(error, ServerError):
-                log.exception("unexpected error reporting task %s", task.task_id)
+                log.exception(
+                    "unexpected error reporting task %s (workflow %s)",
+                    task.task_id, task.workflow_instance_id,
+                )  # fmt: skip
                 error = ServerError(repr(error), kind="unexpected")
             self.metrics.update_error.inc()
             pending = PendingResult(
@@ -386,6 +406,9 @@ class TaskTypeWorker:
         self.metrics.polled.inc()
         if isinstance(following, MalformedTask):
             self._report_malformed(following)
+            return None
+        if self._stopping or self.runner._closed:  # shutdown began while we reported
+            self._hand_back(following, "the runner is stopping")
             return None
         admitted = self._admit([following])
         return admitted[0] if admitted else None
