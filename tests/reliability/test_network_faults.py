@@ -46,6 +46,7 @@ from conductor_worker import (
 )
 from tests.fakes.proxy import FaultProxy, ProxyCounters
 from tests.integration.conftest import Conductor, describe_workflow
+from tests.reliability.two_task_workflow import two_task_workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -131,19 +132,12 @@ def run_through_proxy(
     faults the caller has switched on), call `during(finished)` once they are started
     (`finished()`: how many executions our workers have finished so far), wait for every
     workflow on the server directly, then audit the server's records."""
-    sync_type = conductor.task_def(
-        "netfault_sync",
+    sync_type, async_type, workflow_name = two_task_workflow(
+        conductor,
+        "netfault",
         retry_count=RETRY_COUNT,
-        retry_delay_seconds=0,
         response_timeout_seconds=RESPONSE_TIMEOUT_SECONDS,
     )
-    async_type = conductor.task_def(
-        "netfault_async",
-        retry_count=RETRY_COUNT,
-        retry_delay_seconds=0,
-        response_timeout_seconds=RESPONSE_TIMEOUT_SECONDS,
-    )
-    workflow_name = conductor.workflow_def([sync_type, async_type], prefix="netfault_wf")
 
     lock = threading.Lock()
     executed: dict[str, dict[str, Any]] = {}
@@ -251,6 +245,23 @@ def api_path_of(conductor_url: str) -> str:
 # -- the faults ------------------------------------------------------------------------------
 
 
+def black_hole_mid_run(proxy: FaultProxy, seconds: float) -> Callable[[Callable[[], int]], None]:
+    """A `during` callback: once a quarter of the tasks are done, swallow all traffic for
+    `seconds`."""
+
+    def during(finished: Callable[[], int]) -> None:
+        Conductor.wait_until(
+            lambda: finished() >= WORKFLOWS // 4,
+            timeout=30,
+            message=lambda: f"workers finished only {finished()} tasks",
+        )
+        proxy.black_hole(True)
+        time.sleep(seconds)  # the fault's duration, not a wait for a condition
+        proxy.black_hole(False)
+
+    return during
+
+
 def test_latency_each_way(conductor: Conductor, proxy: FaultProxy, conductor_url: str) -> None:
     proxy.latency(0.1, 0.3)
     run = run_through_proxy(conductor, proxy, api_path_of(conductor_url))
@@ -274,17 +285,12 @@ def test_connection_resets(conductor: Conductor, proxy: FaultProxy, conductor_ur
 
 
 def test_black_hole(conductor: Conductor, proxy: FaultProxy, conductor_url: str) -> None:
-    def black_hole_mid_run(finished: Callable[[], int]) -> None:
-        Conductor.wait_until(
-            lambda: finished() >= WORKFLOWS // 4,
-            timeout=30,
-            message=lambda: f"workers finished only {finished()} tasks",
-        )
-        proxy.black_hole(True)
-        time.sleep(BLACK_HOLE_SECONDS)  # the fault's duration, not a wait for a condition
-        proxy.black_hole(False)
-
-    run = run_through_proxy(conductor, proxy, api_path_of(conductor_url), during=black_hole_mid_run)
+    run = run_through_proxy(
+        conductor,
+        proxy,
+        api_path_of(conductor_url),
+        during=black_hole_mid_run(proxy, BLACK_HOLE_SECONDS),
+    )
     print(run.summary(f"black hole for {BLACK_HOLE_SECONDS:g}s mid-run"))
     assert run.counters.black_holed_requests > 0, run.counters
     assert run.metric("task_poll_error_total", status="timeout") > 0
@@ -305,17 +311,12 @@ def test_all_faults_combined(conductor: Conductor, proxy: FaultProxy, conductor_
     proxy.reset_fraction(0.1)
     proxy.http_5xx_fraction(0.1)
 
-    def black_hole_mid_run(finished: Callable[[], int]) -> None:
-        Conductor.wait_until(
-            lambda: finished() >= WORKFLOWS // 4,
-            timeout=30,
-            message=lambda: f"workers finished only {finished()} tasks",
-        )
-        proxy.black_hole(True)
-        time.sleep(BLACK_HOLE_SECONDS / 1.5)
-        proxy.black_hole(False)
-
-    run = run_through_proxy(conductor, proxy, api_path_of(conductor_url), during=black_hole_mid_run)
+    run = run_through_proxy(
+        conductor,
+        proxy,
+        api_path_of(conductor_url),
+        during=black_hole_mid_run(proxy, BLACK_HOLE_SECONDS / 1.5),
+    )
     print(run.summary("latency 50-150 ms + 10% resets + 10% 503 + a 2 s black hole"))
     counters = run.counters
     assert counters.delayed_chunks > 0, counters

@@ -39,6 +39,7 @@ from conductor_worker import (
 )
 from tests.conftest import REPO_ROOT, server_required
 from tests.integration.conftest import Conductor, describe_workflow
+from tests.reliability.two_task_workflow import two_task_workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -209,19 +210,12 @@ def test_workers_survive_a_server_kill_and_restart_on_the_same_data(
     http = HttpSettings(server.url, timeout_seconds=10.0, connect_timeout_seconds=2.0)
     client = ConductorClient(http=http)
     conductor = Conductor(client, unique)
-    sync_type = conductor.task_def(
-        "restart_sync",
+    sync_type, async_type, workflow = two_task_workflow(
+        conductor,
+        "restart",
         retry_count=RETRY_COUNT,
-        retry_delay_seconds=0,
         response_timeout_seconds=RESPONSE_TIMEOUT_SECONDS,
     )
-    async_type = conductor.task_def(
-        "restart_async",
-        retry_count=RETRY_COUNT,
-        retry_delay_seconds=0,
-        response_timeout_seconds=RESPONSE_TIMEOUT_SECONDS,
-    )
-    workflow = conductor.workflow_def([sync_type, async_type], prefix="restart_wf")
 
     lock = threading.Lock()
     finished: dict[str, str] = {}  # task id -> task type, for every execution that returned
