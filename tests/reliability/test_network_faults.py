@@ -322,6 +322,7 @@ def test_all_faults_combined(conductor: Conductor, proxy: FaultProxy, conductor_
     assert counters.delayed_chunks > 0, counters
     assert counters.resets > 0, counters
     assert counters.injected_5xx > 0, counters
-    assert counters.black_holed_requests > 0, counters
+    # The black hole swallowed traffic; with latency on, what it caught may be answers only.
+    assert counters.black_holed_requests + counters.black_holed_answers > 0, counters
     assert run.poll_errors > 0
     assert run.update_errors > 0
