@@ -562,8 +562,10 @@ def test_shutdown_returns_while_a_worker_outlives_the_grace_period(
 ) -> None:
     caplog.set_level(logging.ERROR, logger="conductor_worker")
     release = threading.Event()
+    started = threading.Event()
 
     def stuck(n: int) -> dict[str, int]:
+        started.set()
         release.wait(20)
         return {"doubled": 2 * n}
 
@@ -572,7 +574,9 @@ def test_shutdown_returns_while_a_worker_outlives_the_grace_period(
         (task_id,) = numbers
         workflow_id = fake.task(task_id)["workflowInstanceId"]
         with running(fake, stuck, batch_size=1) as run:
-            assert fake.wait_for(lambda: fake.task(task_id)["status"] == "IN_PROGRESS")
+            # Polled is not yet running: a task still between the poll and its worker is
+            # handed back at shutdown, so wait for the function itself.
+            assert started.wait(10)
             assert run.stop(timeout=0.5) is False
             errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
             assert any(task_id in m and workflow_id in m for m in errors), errors
@@ -587,8 +591,10 @@ def test_late_result_that_cannot_be_sent_after_shutdown_is_reported() -> None:
     # After shutdown nobody retries, so a failed late result must go to on_undelivered at once
     # rather than wait in a queue that is never served.
     release = threading.Event()
+    started = threading.Event()
 
     def stuck(n: int) -> dict[str, int]:
+        started.set()
         release.wait(20)
         return {"doubled": 2 * n}
 
@@ -596,7 +602,9 @@ def test_late_result_that_cannot_be_sent_after_shutdown_is_reported() -> None:
         numbers = add_numbers(fake, 1)
         (task_id,) = numbers
         with running(fake, stuck, batch_size=1) as run:
-            assert fake.wait_for(lambda: fake.task(task_id)["status"] == "IN_PROGRESS")
+            # Polled is not yet running: a task still between the poll and its worker is
+            # handed back at shutdown, so wait for the function itself.
+            assert started.wait(10)
             assert run.stop(timeout=0.5) is False
             fake.inject(UPDATES, FakeResponse.error(503, "going away"))
             release.set()
