@@ -158,7 +158,8 @@ def test_run_executes_the_example_workers_until_workflows_complete(
 def test_sigterm_drains_tasks_in_flight(
     client: ConductorClient, conductor: Conductor, start_cli: Callable[..., Cli], domain: str
 ) -> None:
-    # A workflow of one async task that sleeps 1.5 s: SIGTERM lands while all of them run.
+    # A workflow of one async task that sleeps 4 s: SIGTERM lands while all of them run. The
+    # workflows are queued before the CLI starts, so one poll takes all five at once.
     client.metadata.register_task_defs(
         [t for t in definitions.task_defs() if t.name == definitions.ASYNC_TASK]
     )
@@ -167,13 +168,12 @@ def test_sigterm_drains_tasks_in_flight(
             conductor.simple_task(
                 definitions.ASYNC_TASK,
                 "async_ref",
-                {"text": "${workflow.input.text}", "delay_seconds": 1.5},
+                {"text": "${workflow.input.text}", "delay_seconds": 4},
             )
         ],
         prefix="drain",
         output_parameters={"shout": "${async_ref.output.shout}"},
     )
-    cli = start_cli()
     ids = [
         client.workflows.start_workflow(
             StartWorkflowRequest(
@@ -186,6 +186,7 @@ def test_sigterm_drains_tasks_in_flight(
         for i in range(5)
     ]
     conductor.workflow_ids.extend(ids)
+    cli = start_cli()
 
     def running(task: Task) -> bool:
         return task.status is TaskStatus.IN_PROGRESS

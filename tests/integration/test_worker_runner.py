@@ -385,23 +385,23 @@ def test_task_executor_completes_parked_tasks_by_id_and_by_reference_name(
 def test_lease_extension_keeps_a_long_task_alive_past_its_response_timeout(
     conductor: Conductor, runner: TaskRunner
 ) -> None:
-    # responseTimeoutSeconds=2 and a 5 s execution: only heartbeats keep the task alive.
-    leased_sync = conductor.task_def("leased_sync", response_timeout_seconds=2)
-    leased_async = conductor.task_def("leased_async", response_timeout_seconds=2)
-    unleased = conductor.task_def("unleased", response_timeout_seconds=2)
+    # responseTimeoutSeconds=3 and a 7 s execution: only heartbeats keep the task alive.
+    leased_sync = conductor.task_def("leased_sync", response_timeout_seconds=3)
+    leased_async = conductor.task_def("leased_async", response_timeout_seconds=3)
+    unleased = conductor.task_def("unleased", response_timeout_seconds=3)
     workflows = {t: conductor.workflow_def([t]) for t in (leased_sync, leased_async, unleased)}
     stop = threading.Event()
 
     def slow_sync() -> dict[str, str]:
-        time.sleep(5)
+        time.sleep(7)
         return {"finished": "sync"}
 
     async def slow_async() -> dict[str, str]:
-        await asyncio.sleep(5)
+        await asyncio.sleep(7)
         return {"finished": "async"}
 
     def slow_unleased() -> dict[str, str]:
-        stop.wait(5)
+        stop.wait(30)  # returns once the test is over: the server's timeout must come first
         return {"finished": "too late"}
 
     runner.start_worker(leased_sync, slow_sync, poll_interval=POLL_INTERVAL)
@@ -418,7 +418,7 @@ def test_lease_extension_keeps_a_long_task_alive_past_its_response_timeout(
         task = only_task(workflow)  # not timed out and retried
         assert task.status is TaskStatus.COMPLETED
         assert task.output_data == {"finished": expected}
-        assert (task.end_time or 0) - (task.start_time or 0) >= 4_000
+        assert (task.end_time or 0) - (task.start_time or 0) >= 6_000
 
     # The control: without lease extension the server times the same execution out.
     assert control.status in (WorkflowStatus.TIMED_OUT, WorkflowStatus.FAILED)

@@ -34,6 +34,7 @@ from conductor_worker import (
     ConductorClient,
     HttpSettings,
     PendingResult,
+    RetryPolicy,
     Task,
     TaskRunner,
 )
@@ -238,6 +239,12 @@ def test_workers_survive_a_server_kill_and_restart_on_the_same_data(
         client,
         registry=CollectorRegistry(),
         shutdown_grace_seconds=10.0,
+        # The default policy gives up after about a minute on average (full jitter); a restart
+        # on a loaded machine can take longer than that, and what is tested here is that
+        # nothing is lost while the server is away.
+        retry_policy=RetryPolicy(
+            max_attempts=40, initial_delay_seconds=0.5, max_delay_seconds=10.0
+        ),
         on_undelivered=lambda item, error: undelivered.append((item, error)),
     )
     try:

@@ -24,7 +24,7 @@ from tests.integration.conftest import Conductor, describe_workflow
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 SCRIPT = Path(__file__).resolve().parent / "signal_worker.py"
-TASK_SECONDS = 2.0
+TASK_SECONDS = 4.0
 BATCH = 5
 EXTRA = 3  # workflows per type beyond what the worker takes at once: they must stay queued
 GRACE_SECONDS = 20.0
@@ -106,12 +106,14 @@ def test_sigterm_drains_running_tasks_and_delivers_every_result(
     sync_wf = conductor.workflow_def([sync_type], prefix="sigterm_sync_wf")
     async_wf = conductor.workflow_def([async_type], prefix="sigterm_async_wf")
 
-    worker = WorkerProcess(conductor_url, sync_type, async_type, TASK_SECONDS, BATCH)
-    processes.append(worker)
-    worker.wait_for("ready", lambda: "READY" in worker.lines)
+    # Queued before the worker starts, so each type fills its slots at once and no task
+    # finishes before the last one starts, however slow the workflow starts are.
     workflow_ids = conductor.start_many(sync_wf, BATCH + EXTRA) + conductor.start_many(
         async_wf, BATCH + EXTRA
     )
+    worker = WorkerProcess(conductor_url, sync_type, async_type, TASK_SECONDS, BATCH)
+    processes.append(worker)
+    worker.wait_for("ready", lambda: "READY" in worker.lines)
     # Every slot busy (BATCH sync + BATCH async), nothing finished yet: then the signal.
     worker.wait_for(f"{2 * BATCH} tasks running", lambda: len(worker.ids("STARTED")) >= 2 * BATCH)
     assert not worker.ids("FINISHED"), "a task finished before the signal: make them longer"
@@ -166,9 +168,13 @@ def test_second_sigterm_exits_at_once(
 
     signalled = time.monotonic()
     worker.signal(signal.SIGTERM)
-    time.sleep(0.5)  # the first signal starts a drain that would take 10 minutes
-    with contextlib.suppress(ProcessLookupError):
-        worker.signal(signal.SIGTERM)
+    # The first signal starts a drain that would take 10 minutes. Two signals that arrive
+    # before Python runs its handler count as one, so repeat until the process is gone.
+    deadline = time.monotonic() + 10
+    while worker.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        with contextlib.suppress(ProcessLookupError):
+            worker.signal(signal.SIGTERM)
     code = worker.wait_exit(10)
     took = time.monotonic() - signalled
 

@@ -177,7 +177,9 @@ def test_tokens_with_exp_are_renewed_ahead_once_per_lifetime(
             # the lifetime): one renewal per token, never several for the same one.
             assert len(times) >= RUN_SECONDS / ttl, times
             gaps = [b - a for a, b in itertools.pairwise(times)]
-            assert min(gaps) >= ttl / 2 - 0.05, gaps
+            # Times are when answers were logged, not when tokens were issued: allow for a
+            # stalled handler. Several renewals of one token would show as gaps near zero.
+            assert min(gaps) >= ttl / 2 - 0.25, gaps
             assert len(fake.requests_to("/api/token")) == len(times)  # none refused
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
@@ -205,7 +207,7 @@ def test_tokens_without_exp_are_renewed_once_per_expiry(
             assert expiries >= RUN_SECONDS / (2 * ttl), times
             # Each renewal only after the previous token had expired: one per expiry.
             gaps = [b - a for a, b in itertools.pairwise(times)]
-            assert min(gaps) >= ttl - 0.05, gaps
+            assert min(gaps) >= ttl - 0.25, gaps  # logging-time slack, as above
             rejected = [r for r in fake.requests if r.status == 401]
             assert rejected, "no call met an expired token: the test lost its point"
             # Every rejected call was a call with a token the server had let expire.

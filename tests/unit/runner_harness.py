@@ -33,7 +33,9 @@ UPDATE_PATH = "/api/tasks"
 UPDATE_V2_PATH = "/api/tasks/update-v2"
 ANY_UPDATE_PATH = r"/api/tasks(/update-v2)?"
 
-CLIENT_TIMEOUT = 0.5  # read timeout; a poll adds POLL_TIMEOUT on top
+# Read timeout; a poll adds POLL_TIMEOUT on top. Generous, so that a stall of the loaded test
+# machine does not turn into a resent update; tests of timeouts pass a short one.
+CLIENT_TIMEOUT = 3.0
 POLL_TIMEOUT = 0.1
 POLL_INTERVAL = 0.05
 KEY_ID, KEY_SECRET = "fault-key", "fault-secret"
@@ -151,12 +153,13 @@ def running(
     max_attempts: int = 10,
     auth: AuthenticationSettings | None = None,
     on_undelivered: Callable[[PendingResult, str], None] | None = None,
+    client_timeout: float = CLIENT_TIMEOUT,
 ) -> Iterator[Run]:
     """A TaskRunner serving TASK with `fn`, against `fake`; shut down and closed at the end."""
     client = ConductorClient(
         auth,
         HttpSettings(
-            fake.url, timeout_seconds=CLIENT_TIMEOUT, connect_timeout_seconds=CLIENT_TIMEOUT
+            fake.url, timeout_seconds=client_timeout, connect_timeout_seconds=client_timeout
         ),
     )
     registry = CollectorRegistry()

@@ -318,7 +318,7 @@ def test_twenty_threads_calling_across_an_expiry_cause_one_refresh(make_client) 
 
 
 def test_concurrent_callers_share_a_failed_token_request(server) -> None:
-    server.token_delay_seconds = 0.5
+    server.token_delay_seconds = 2.0  # long enough for all 20 threads to be waiting on it
     provider = TokenProvider(KEY_ID, "wrong-secret", server.url)
     seen: list[str | None] = []
 
@@ -334,8 +334,8 @@ def test_concurrent_callers_share_a_failed_token_request(server) -> None:
 
 
 def test_token_is_refreshed_before_it_expires_without_any_401(make_client) -> None:
-    # A 1 s token: the 60 s default margin is capped at half its lifetime.
-    with FakeOrkesServer(KEY_ID, SECRET, token_ttl_seconds=1.0) as fake:
+    # A 2 s token: the 60 s default margin is capped at half its lifetime (1 s of slack).
+    with FakeOrkesServer(KEY_ID, SECRET, token_ttl_seconds=2.0) as fake:
         fake.put_task({"taskId": TASK_ID, "status": "IN_PROGRESS"})
         tasks = cc.TaskApi(make_client(fake))
 

@@ -501,7 +501,8 @@ def test_heartbeat_now_sends_one_at_once(
     keeper.heartbeat_now(lease)
     wait_for(lambda: len(heartbeats(transport, "t1")) == 1)
 
-    assert heartbeats(transport, "t1")[0].at - started < MIN_INTERVAL_SECONDS
+    # No response timeout, so no schedule: only heartbeat_now can have sent it, and soon.
+    assert heartbeats(transport, "t1")[0].at - started < 2.0
     assert json.loads(transport.calls[0].body)["extendLease"] is True
 
     keeper.heartbeat_callback(lease)()  # what TaskContext.heartbeat() calls
@@ -622,7 +623,7 @@ def test_unexpected_heartbeat_error_does_not_stop_later_heartbeats(
     wait_for(lambda: len(transport.calls) == 1)
     keeper.heartbeat_now(lease)
 
-    wait_for(lambda: len(heartbeats(transport, "t1")) == 1, timeout=0.5)
+    wait_for(lambda: len(heartbeats(transport, "t1")) == 1)
 
 
 def test_close_stops_the_lease_thread(

@@ -1,6 +1,6 @@
 """TaskRunner against a misbehaving server (tests/fakes/conductor.py): loopback sockets only.
 
-Every test runs a real TaskRunner, with short client timeouts and a fast retry policy, against
+Every test runs a real TaskRunner, with a fast retry policy, against
 a FakeConductorServer that fails in one way or another, and checks what matters to a user:
 every result reaches the server with the right status and output (exactly once, unless a test
 says why at least once is the right promise), the runner keeps working afterwards, and
@@ -165,8 +165,8 @@ def test_hung_server_times_out_and_the_runner_carries_on() -> None:
     # results still arrive exactly once.
     hang = FakeResponse.hang(60)  # far beyond the client's timeout; ended by stop()
     with FakeConductorServer() as fake:
-        poll_fault = fake.inject("poll", hang, seconds=1.0)
-        with running(fake) as run:
+        poll_fault = fake.inject("poll", hang, count=1)
+        with running(fake, client_timeout=0.5) as run:
             wait_until(lambda: run.poll_errors("timeout") >= 1, timeout=5)
             update_fault = fake.inject(UPDATES, hang, count=2)
             numbers = add_numbers(fake, 3)

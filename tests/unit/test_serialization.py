@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import pydantic
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conductor_worker import serialization
@@ -532,7 +532,12 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(json_values)
 def test_json_values_round_trip_unchanged(value: Any) -> None:
     expected = value if isinstance(value, dict) else {RESULT_KEY: value}
@@ -578,7 +583,12 @@ wild_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(wild_values)
 def test_arbitrary_values_succeed_or_raise_only_output_serialization_error(value: Any) -> None:
     error: OutputSerializationError | None = None
@@ -593,7 +603,12 @@ def test_arbitrary_values_succeed_or_raise_only_output_serialization_error(value
         assert str(error).startswith(f"{error.path}: ")
 
 
-@settings(max_examples=50, deadline=None, database=None)
+@settings(
+    max_examples=50,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(st.integers(min_value=1, max_value=3 * MAX_DEPTH), st.booleans())
 def test_arbitrary_nesting_succeeds_or_raises_only_output_serialization_error(
     levels: int, use_dicts: bool
