@@ -48,7 +48,7 @@ from tests.fakes.proxy import FaultProxy, ProxyCounters
 from tests.integration.conftest import Conductor, describe_workflow
 from tests.reliability.two_task_workflow import two_task_workflow
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 WORKFLOWS = 20
 RETRY_COUNT = 3
@@ -61,8 +61,9 @@ POLL_TIMEOUT_SECONDS = 1.0  # a poll's read timeout is then 2 + 1 s
 # workflow, times the task out (responseTimeoutSeconds) and schedules a retry. The 3.32.3
 # server re-examines a running workflow 30 s after it started (workflowOffsetTimeout) and
 # then only when its SQLite decider-queue message is redelivered: popped messages come back
-# after 60 s, checked every 60 s. So a lost task is retried 30 to ~130 s later.
-COMPLETE_TIMEOUT_SECONDS = 180.0
+# after 60 s, checked every 60 s. So a lost task is retried 30 to ~130 s later, and a task lost
+# twice (its retry's answer lost too: it happens) up to ~260 s later.
+COMPLETE_TIMEOUT_SECONDS = 300.0
 BLACK_HOLE_SECONDS = 3.0
 RETRY_POLICY = RetryPolicy(max_attempts=20, initial_delay_seconds=0.1, max_delay_seconds=1.0)
 
@@ -185,7 +186,12 @@ def run_through_proxy(
             workflow_ids = conductor.start_many(workflow_name, WORKFLOWS)
             if during is not None:
                 during(lambda: len(executed))
-            workflows = conductor.wait_for_workflows(workflow_ids, timeout=COMPLETE_TIMEOUT_SECONDS)
+            try:
+                workflows = conductor.wait_for_workflows(
+                    workflow_ids, timeout=COMPLETE_TIMEOUT_SECONDS
+                )
+            except pytest.fail.Exception as failure:
+                pytest.fail(f"{failure}\n{stuck_tasks(conductor, workflow_ids, executed, proxy)}")
             seconds = time.monotonic() - began
         finally:
             # Whatever is still on its way (late duplicates) should go out quickly now.
@@ -204,6 +210,26 @@ def run_through_proxy(
     )
     audit(run)
     return run
+
+
+def stuck_tasks(
+    conductor: Conductor,
+    workflow_ids: list[str],
+    executed: dict[str, dict[str, Any]],
+    proxy: FaultProxy,
+) -> str:
+    """For a failure message: the unfinished tasks, and whether our worker ever ran them (if
+    not, the answer that carried them was lost and only the server's timeout brings them back)."""
+    lines = []
+    for workflow_id in workflow_ids:
+        for task in conductor.get(workflow_id).tasks or []:
+            if task.status in (TaskStatus.SCHEDULED, TaskStatus.IN_PROGRESS):
+                seen = "run by our worker" if task.task_id in executed else "never run here"
+                lines.append(
+                    f"  {workflow_id} {task.reference_task_name} {task.task_id} {task.status}"
+                    f" (polls={task.poll_count}, last update {task.update_time}): {seen}"
+                )
+    return "unfinished tasks:\n" + "\n".join(lines) + f"\nproxy: {proxy.counters()}"
 
 
 def audit(run: Run) -> None:
@@ -280,8 +306,8 @@ def test_connection_resets(conductor: Conductor, proxy: FaultProxy, conductor_ur
     counters = run.counters
     assert counters.resets_before_server > 0, counters
     assert counters.resets_mid_answer > 0, counters
-    assert run.metric("task_poll_error_total", status="connection") > 0
-    assert run.update_errors > 0
+    # As with 503s: polls or updates, as chance has it.
+    assert run.metric("task_poll_error_total", status="connection") + run.update_errors > 0
 
 
 def test_black_hole(conductor: Conductor, proxy: FaultProxy, conductor_url: str) -> None:
@@ -302,8 +328,9 @@ def test_http_503_answers(conductor: Conductor, proxy: FaultProxy, conductor_url
     run = run_through_proxy(conductor, proxy, api_path_of(conductor_url))
     print(run.summary("20% of requests answered 503 by the proxy"))
     assert run.counters.injected_5xx > 0
-    assert run.metric("task_poll_error_total", status="503") > 0
-    assert run.update_errors > 0
+    # Which requests the random faults hit is chance (few are polls: update-v2 hands most
+    # tasks over), so the runner must have counted them, as poll or as update errors.
+    assert run.metric("task_poll_error_total", status="503") + run.update_errors > 0
 
 
 def test_all_faults_combined(conductor: Conductor, proxy: FaultProxy, conductor_url: str) -> None:
