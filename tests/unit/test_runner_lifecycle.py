@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -23,6 +24,7 @@ from conductor_worker import (
     PendingResult,
     RunnerState,
     TaskRunner,
+    concurrency,
     task_context,
     task_type_worker,
 )
@@ -206,6 +208,48 @@ def test_a_task_handed_out_twice_while_it_runs_is_run_once(
             release.set()
             wait_until(lambda: "task-twice" in fake.results)
             assert run.stop()
+
+    assert ran == ["task-twice"]
+    assert [r["status"] for r in fake.results["task-twice"]] == ["COMPLETED"]
+
+
+def test_a_task_handed_out_again_before_its_function_starts_is_run_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first copy is held between the poll and the worker's thread (as a busy machine
+    # might hold it); the second copy arrives in that window.
+    gate = threading.Event()
+    original_submit = concurrency.ThreadPool.submit
+    held: list[threading.Thread] = []
+
+    def held_submit(pool: concurrency.ThreadPool, fn: Any, *args: Any) -> None:
+        if not held:
+            thread = threading.Thread(
+                target=lambda: gate.wait(10) and original_submit(pool, fn, *args)
+            )
+            held.append(thread)
+            thread.start()
+            return
+        original_submit(pool, fn, *args)
+
+    monkeypatch.setattr(concurrency.ThreadPool, "submit", held_submit)
+    ran: list[str] = []
+
+    def work(n: int) -> dict[str, int]:
+        ran.append(task_context().task_id)
+        return {"doubled": 2 * n}
+
+    with FakeConductorServer() as fake:
+        twice = raw_task("task-twice")
+        fake.add_raw_task(TASK, twice)
+        with running(fake, work, batch_size=3) as run:
+            wait_until(lambda: held)
+            fake.add_raw_task(TASK, twice)
+            wait_until(lambda: "handed out again" in caplog.text)
+            gate.set()
+            wait_until(lambda: "task-twice" in fake.results)
+            assert run.stop()
+        held[0].join(5)
 
     assert ran == ["task-twice"]
     assert [r["status"] for r in fake.results["task-twice"]] == ["COMPLETED"]

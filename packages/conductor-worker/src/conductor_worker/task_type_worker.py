@@ -231,7 +231,11 @@ class TaskTypeWorker:
                 self._hand_back(task, f"it is of type {task.task_type!r}, not {self.task_type!r}")
                 continue
             with self._cond:
+                # Recorded at once, not when the function starts: a copy handed out in
+                # between must find it.
                 duplicate = task_id in seen or task_id in self._running
+                if not duplicate:
+                    self._running[task_id] = task.workflow_instance_id or ""
             if duplicate:
                 log.warning(
                     "task %s (workflow %s) handed out again while it runs here; ignored",
@@ -244,6 +248,7 @@ class TaskTypeWorker:
 
     def _dispatch(self, task: Task) -> None:
         if self._stopping or self.runner._closed:
+            self._forget(task)
             self._hand_back(task, "the runner is stopping")
             return
         with self._cond:
@@ -256,8 +261,14 @@ class TaskTypeWorker:
             else:
                 self.runner._pool.submit(self._run_sync, task)
         except RuntimeError:  # the pool or the loop closed in the meantime
+            self._forget(task)
             self._release()
             self._hand_back(task, "the runner has stopped")
+
+    def _forget(self, task: Task) -> None:
+        """An admitted task that will not run here after all."""
+        with self._cond:
+            self._running.pop(task.task_id or "", None)
 
     def _hand_back(self, task: Task, why: str) -> None:
         """Return a task the server handed to us that we will not run: reported IN_PROGRESS
@@ -294,10 +305,9 @@ class TaskTypeWorker:
     # -- executing -----------------------------------------------------------------------
 
     def _begin(self, task: Task) -> tuple[TaskContext, Any]:
+        # Already in _running since _admit.
         lease = self.runner._leases.track(task, self.worker_id, self.options.lease_extension)
         context = TaskContext(task, self.worker_id, self.runner._leases.heartbeat_callback(lease))
-        with self._cond:
-            self._running[task.task_id or ""] = task.workflow_instance_id or ""
         return context, lease
 
     def _end(self, task: Task, lease: Any, outcome: Outcome) -> None:
@@ -362,6 +372,7 @@ class TaskTypeWorker:
             loop.call_soon_threadsafe(future.set_result, result)
         except RuntimeError:  # the loop has closed: the next task cannot run here
             if result is not None:
+                self._forget(result)
                 self._hand_back(result, "the runner has stopped")
 
     # -- reporting -----------------------------------------------------------------------
