@@ -23,8 +23,11 @@ from conductor_worker import (
     HttpSettings,
     PendingResult,
     RunnerState,
+    TaskResult,
+    TaskResultStatus,
     TaskRunner,
     concurrency,
+    lease,
     task_context,
     task_type_worker,
 )
@@ -253,6 +256,84 @@ def test_a_task_handed_out_again_before_its_function_starts_is_run_once(
 
     assert ran == ["task-twice"]
     assert [r["status"] for r in fake.results["task-twice"]] == ["COMPLETED"]
+
+
+def test_a_task_that_cannot_be_started_is_handed_back_and_runs_when_handed_out_again(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Setting up the task's lease fails once (as "can't start new thread" would): the task is
+    # not run, not forgotten in the books as running, and goes back to the server at once.
+    original_track = lease.LeaseKeeper.track
+    failed: list[str] = []
+
+    def track_failing_once(keeper: lease.LeaseKeeper, task: Any, *args: Any) -> Any:
+        if not failed:
+            failed.append(task.task_id)
+            raise RuntimeError("can't start new thread")
+        return original_track(keeper, task, *args)
+
+    monkeypatch.setattr(lease.LeaseKeeper, "track", track_failing_once)
+    ran: list[str] = []
+
+    def work(n: int) -> dict[str, int]:
+        ran.append(task_context().task_id)
+        return {"doubled": 2 * n}
+
+    with FakeConductorServer() as fake:
+        fake.add_raw_task(TASK, raw_task("task-unlucky"))
+        with running(fake, work, batch_size=1) as run:
+            wait_until(
+                lambda: (
+                    [r["status"] for r in fake.results.get("task-unlucky", [])][-1:]
+                    == ["COMPLETED"]
+                )
+            )
+            worker = run.runner._workers[TASK]
+            wait_until(lambda: worker.busy == 0)
+            assert worker.running() == []
+            assert run.stop()
+
+    assert failed == ["task-unlucky"]
+    assert ran == ["task-unlucky"]
+    handed_back, completed = fake.results["task-unlucky"]
+    assert (handed_back["status"], handed_back["callbackAfterSeconds"]) == ("IN_PROGRESS", 0)
+    assert completed["outputData"] == {"doubled": 2}  # raw_task's input is n=1
+    assert "could not be started" in caplog.text
+    assert "handed out again" not in caplog.text
+    assert "still running after" not in caplog.text
+
+
+def test_an_in_progress_task_with_a_callback_runs_again_when_handed_out_again() -> None:
+    # The same task id comes back after an IN_PROGRESS result: it is not a duplicate.
+    ran: list[int] = []
+
+    def work() -> TaskResult:
+        context = task_context()
+        ran.append(context.poll_count)
+        result = TaskResult(
+            task_id=context.task_id, workflow_instance_id=context.workflow_instance_id
+        )
+        if context.poll_count < 3:
+            result.status = TaskResultStatus.IN_PROGRESS
+            result.callback_after_seconds = 1 if context.poll_count == 1 else 0
+        else:
+            result.status = TaskResultStatus.COMPLETED
+        return result
+
+    with FakeConductorServer() as fake:
+        (task_id,) = fake.add_tasks(TASK, 1)
+        with running(fake, work, batch_size=2) as run:
+            wait_until(
+                lambda: [r["status"] for r in fake.results.get(task_id, [])][-1:] == ["COMPLETED"]
+            )
+            worker = run.runner._workers[TASK]
+            wait_until(lambda: worker.busy == 0)
+            assert worker.running() == []
+            assert run.stop()
+
+    assert ran == [1, 2, 3]
+    statuses = [r["status"] for r in fake.results[task_id]]
+    assert statuses == ["IN_PROGRESS", "IN_PROGRESS", "COMPLETED"]
 
 
 def test_a_task_of_another_type_from_update_v2_is_handed_back(

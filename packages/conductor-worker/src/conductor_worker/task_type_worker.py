@@ -305,10 +305,19 @@ class TaskTypeWorker:
     # -- executing -----------------------------------------------------------------------
 
     def _begin(self, task: Task) -> tuple[TaskContext, Any]:
-        # Already in _running since _admit.
-        lease = self.runner._leases.track(task, self.worker_id, self.options.lease_extension)
-        context = TaskContext(task, self.worker_id, self.runner._leases.heartbeat_callback(lease))
-        return context, lease
+        """Set up a task's lease and context (it is in _running since _admit). If that fails
+        (e.g. no thread for the lease keeper), the task is handed back, not left behind."""
+        lease = None
+        try:
+            lease = self.runner._leases.track(task, self.worker_id, self.options.lease_extension)
+            heartbeat = self.runner._leases.heartbeat_callback(lease)
+            return TaskContext(task, self.worker_id, heartbeat), lease
+        except BaseException as error:
+            if lease is not None:
+                self.runner._leases.release(lease)
+            self._forget(task)
+            self._hand_back(task, f"it could not be started ({exception_message(error)})")
+            raise
 
     def _end(self, task: Task, lease: Any, outcome: Outcome) -> None:
         self.runner._leases.release(lease)
