@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -168,12 +169,19 @@ def test_a_lowered_batch_size_holds_even_while_tasks_are_queued() -> None:
 # -- server answers that are not run as they are -------------------------------------------------
 
 
-def test_tasks_without_ids_are_not_run_and_the_rest_of_the_answer_is() -> None:
-    ran: list[str] = []
+def doubling_into(ran: list[str]) -> Callable[[int], dict[str, int]]:
+    """`double`, recording each task id it runs in `ran`."""
 
     def work(n: int) -> dict[str, int]:
         ran.append(task_context().task_id)
         return {"doubled": 2 * n}
+
+    return work
+
+
+def test_tasks_without_ids_are_not_run_and_the_rest_of_the_answer_is() -> None:
+    ran: list[str] = []
+    work = doubling_into(ran)
 
     with FakeConductorServer() as fake:
         good = raw_task("task-good")
@@ -237,10 +245,7 @@ def test_a_task_handed_out_again_before_its_function_starts_is_run_once(
 
     monkeypatch.setattr(concurrency.ThreadPool, "submit", held_submit)
     ran: list[str] = []
-
-    def work(n: int) -> dict[str, int]:
-        ran.append(task_context().task_id)
-        return {"doubled": 2 * n}
+    work = doubling_into(ran)
 
     with FakeConductorServer() as fake:
         twice = raw_task("task-twice")
@@ -274,10 +279,7 @@ def test_a_task_that_cannot_be_started_is_handed_back_and_runs_when_handed_out_a
 
     monkeypatch.setattr(lease.LeaseKeeper, "track", track_failing_once)
     ran: list[str] = []
-
-    def work(n: int) -> dict[str, int]:
-        ran.append(task_context().task_id)
-        return {"doubled": 2 * n}
+    work = doubling_into(ran)
 
     with FakeConductorServer() as fake:
         fake.add_raw_task(TASK, raw_task("task-unlucky"))
@@ -340,10 +342,7 @@ def test_a_task_of_another_type_from_update_v2_is_handed_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     ran: list[str] = []
-
-    def work(n: int) -> dict[str, int]:
-        ran.append(task_context().task_id)
-        return {"doubled": 2 * n}
+    work = doubling_into(ran)
 
     with FakeConductorServer() as fake:
         foreign = raw_task("task-foreign", taskType="other_type", taskDefName="other_type")
