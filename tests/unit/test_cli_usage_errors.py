@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import FakeConductorServer
+from tests.fakes import FakeConductorServer, FakeResponse
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -156,6 +156,21 @@ def test_a_server_url_without_api_exits_5_and_suggests_it(
     assert proc.returncode == EXIT_UNREACHABLE
     assert_one_error_line(proc, f"no Conductor API at {url}", "404", f"try {url}/api")
     assert time.monotonic() - started < 30  # no polling first
+    assert [r.path for r in fake.requests] == ["/tasks/queue/size"]
+
+
+def test_a_server_url_without_api_answered_by_a_web_page_exits_5_and_suggests_it(
+    workers: Path, fake: FakeConductorServer
+) -> None:
+    # The 3.x server answers paths outside /api with its web UI: 200 and an HTML page.
+    url = fake.url.removesuffix("/api")
+    page = FakeResponse(200, b"<!doctype html><html></html>", "text/html")
+    fake.inject("/tasks/queue/size", page)
+
+    proc = run_cli("cli_workers", cwd=workers, server_url=url)
+
+    assert proc.returncode == EXIT_UNREACHABLE
+    assert_one_error_line(proc, f"no Conductor API at {url}", "web page", f"try {url}/api")
     assert [r.path for r in fake.requests] == ["/tasks/queue/size"]
 
 

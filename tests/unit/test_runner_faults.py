@@ -355,6 +355,20 @@ def test_unreadable_poll_answer_is_a_poll_error(response: FakeResponse, label: s
         assert_doubled_exactly_once(fake, numbers)
 
 
+def test_a_web_page_instead_of_the_api_is_logged_with_a_hint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="conductor_worker")
+    with FakeConductorServer() as fake:
+        numbers = add_numbers(fake, 1)
+        fake.inject("poll", FakeResponse.html(200, "Conductor"), count=1)
+        with running(fake) as run:
+            fake.wait_for_results(numbers)
+            assert run.stop()
+    polls = [r.getMessage() for r in caplog.records if "poll for" in r.getMessage()]
+    assert any("not JSON" in m and "end in /api" in m for m in polls), polls
+
+
 def test_malformed_task_is_failed_and_the_good_ones_run(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="conductor_worker")
     with FakeConductorServer() as fake:

@@ -212,8 +212,15 @@ def check_server(client: Any, task_type: str) -> None:
             # Every Conductor server serves GET /tasks/queue/size: a 404 means the URL's path
             # is wrong (typically the base URL without /api; the server answers "No static
             # resource"), and every poll would fail the same way.
-            raise CliError(_not_an_api(url), EXIT_UNREACHABLE) from None
+            raise CliError(_not_an_api(url, "answered 404 Not Found"), EXIT_UNREACHABLE) from None
         # Any other answer means a server is there; the workers report their own errors.
+    except ValueError:
+        # A number is what every Conductor server answers here. Anything else is another
+        # service, or the server's web UI: the 3.x server serves its pages outside /api.
+        raise CliError(
+            _not_an_api(url, "answered something that is not a queue size, e.g. a web page"),
+            EXIT_UNREACHABLE,
+        ) from None
     except Exception as error:
         # urllib3 wraps the cause ("Max retries exceeded ..." although retries are off).
         cause = getattr(error, "reason", None) if isinstance(error, MaxRetryError) else None
@@ -224,14 +231,14 @@ def check_server(client: Any, task_type: str) -> None:
         ) from None
 
 
-def _not_an_api(url: str) -> str:
+def _not_an_api(url: str, answer: str) -> str:
     base = url.rstrip("/")
     hint = (
         "check the path of the server URL"
         if base.endswith("/api")
         else f"the API base URL usually ends in /api: try {base}/api"
     )
-    return f"no Conductor API at {url} (GET {base}/tasks/queue/size answered 404 Not Found); {hint}"
+    return f"no Conductor API at {url} (GET {base}/tasks/queue/size {answer}); {hint}"
 
 
 def run(args: argparse.Namespace) -> int:

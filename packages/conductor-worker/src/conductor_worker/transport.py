@@ -296,8 +296,14 @@ class Transport:
             return json.loads(data)
         except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
             snippet = data[:120].decode("utf-8", "replace")
+            # The 3.x server answers paths outside /api with its web UI.
+            hint = (
+                "; a web page: does the server URL end in /api?"
+                if data.lstrip().startswith(b"<")
+                else ""
+            )
             raise ServerError(
-                f"{what}: the server's answer is not JSON ({error}): {snippet!r}",
+                f"{what}: the server's answer is not JSON ({error}): {snippet!r}{hint}",
                 kind="malformed_response",
             ) from None
 
