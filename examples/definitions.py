@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import urllib3
 
 from conductor_client.models import StartWorkflowRequest, TaskDef, WorkflowDef, WorkflowTask
 from conductor_worker import ConductorClient
@@ -159,6 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="World", help="the workflow's 'name' input")
     args = parser.parse_args(argv)
     with ConductorClient.from_env() as client:
+        try:
+            client.tasks.get_queue_size("simple_task", _request_timeout=(5.0, 10.0))
+        except urllib3.exceptions.HTTPError as error:  # no answer at all: say where we looked
+            url = client.http.base_url
+            message = f"cannot reach the Conductor server at {url} ({error})"
+            print(f"{message}; is CONDUCTOR_SERVER_URL set?", file=sys.stderr)
+            return 1
         register(client)
         print(f"registered {len(task_defs())} task definitions and {WORKFLOW_NAME}")
         if not args.no_start:

@@ -283,7 +283,10 @@ def run(args: argparse.Namespace) -> int:
                 f"{error.strerror or error} (choose another --metrics-port, or --no-metrics)",
                 EXIT_USAGE,
             ) from None
-        log.info("metrics at %s", metrics_server.url)
+        log.info(
+            "metrics at %s (listening on %s:%d)",
+            metrics_server.url, args.metrics_address, metrics_server.port,
+        )  # fmt: skip
     runner = TaskRunner(client, shutdown_grace_seconds=grace)
     try:
         for declaration in declared:
