@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +35,7 @@ from conductor_worker import (
     task_context,
     task_type_worker,
 )
+from tests.conftest import REPO_ROOT
 from tests.fakes import FakeConductorServer, FakeResponse
 from tests.fakes.conductor import UPDATES
 from tests.unit.runner_harness import (
@@ -453,3 +457,88 @@ def test_pause_holds_for_a_poll_that_was_waiting_for_a_free_slot() -> None:
         run.runner.resume(TASK)
         fake.wait_for_results(second)
         assert ran == [0, 1]
+
+
+# -- threads the shutdown waits for, and tasks that outlive it -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "failures", "max_attempts"),
+    [
+        pytest.param(503, 3, 2, id="retries-run-out-on-the-redelivery-thread"),
+        pytest.param(400, 1, 10, id="rejected-on-the-worker-thread"),
+    ],
+)
+def test_shutdown_from_an_on_undelivered_hook_returns_at_once_and_loses_nothing_else(
+    status: int, failures: int, max_attempts: int
+) -> None:
+    # The hook runs on a thread the shutdown waits for: it cannot wait for itself.
+    calls: list[tuple[str, bool, float]] = []
+    runners: list[TaskRunner] = []
+
+    def stop_from_the_hook(item: PendingResult, error: str) -> None:
+        started = time.monotonic()
+        clean = runners[0].shutdown(5.0)
+        calls.append((item.task_id, clean, time.monotonic() - started))
+
+    with FakeConductorServer() as fake:
+        fake.inject(UPDATES, FakeResponse.error(status, "no"), count=failures)
+        numbers = add_numbers(fake, 2)
+        with running(
+            fake, batch_size=2, max_attempts=max_attempts, on_undelivered=stop_from_the_hook
+        ) as run:
+            runners.append(run.runner)
+            wait_until(lambda: calls, timeout=15)
+            wait_until(lambda: run.runner.state is RunnerState.STOPPED, timeout=10)
+
+        ((given_up, clean, took),) = calls
+        assert clean is False
+        assert took < 4.0  # not the 5 s it would wait for itself
+        # The other task: its result delivered, or (not started yet) handed back.
+        (other,) = set(numbers) - {given_up}
+        last = fake.results[other][-1]
+        assert (last["status"], last.get("callbackAfterSeconds")) in {
+            ("COMPLETED", None),
+            ("IN_PROGRESS", 0),
+        }, fake.results[other]
+
+
+def test_an_async_task_that_outlives_the_grace_period_is_left_to_the_server(
+    tmp_path: Any,
+) -> None:
+    # A plain program: the runner's shutdown gives up on an async task, the program drops the
+    # runner and ends. The task must not be reported (the server times it out, as documented),
+    # and the process must exit.
+    program = """
+import asyncio, gc, time
+from tests.fakes import FakeConductorServer
+from conductor_worker import ConductorClient, HttpSettings, TaskRunner
+
+async def slow(n: int) -> dict:
+    await asyncio.sleep(60)
+    return {"doubled": 2 * n}
+
+fake = FakeConductorServer().start()
+(task_id,) = fake.add_tasks("slow", 1, input={"n": 1})
+runner = TaskRunner(ConductorClient(http=HttpSettings(fake.url)))
+runner.start_worker("slow", slow)
+while fake.task(task_id)["status"] != "IN_PROGRESS":
+    time.sleep(0.05)
+print("clean" if runner.shutdown(timeout=0.5) else "not clean", flush=True)
+del runner
+gc.collect()
+time.sleep(0.5)
+print("results", fake.results.get(task_id, []), flush=True)
+fake.stop()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUCTOR_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["not clean", "results []"], proc.stderr

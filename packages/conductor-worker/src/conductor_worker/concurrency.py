@@ -47,6 +47,11 @@ class ThreadPool:
                 thread.start()
         self._jobs.put((fn, args))
 
+    def is_pool_thread(self) -> bool:
+        """Whether the calling thread is one of this pool's."""
+        with self._lock:
+            return threading.current_thread() in self._threads
+
     @property
     def size(self) -> int:
         return len(self._threads)

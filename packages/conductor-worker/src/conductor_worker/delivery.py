@@ -131,6 +131,10 @@ class Redelivery:
             self._give_up(item)
         return left
 
+    def is_current_thread(self) -> bool:
+        """Whether the caller is the redelivery thread (e.g. an on_undelivered hook)."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
     def _ensure_thread(self) -> None:
         """Start the retrier thread, or a new one if it died (lock held). It should never die,
         but if it did, every later result would wait in the queue forever, silently."""

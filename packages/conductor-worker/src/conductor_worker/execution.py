@@ -7,6 +7,7 @@ output are reported as task failures, never raised to the runner.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import time
@@ -197,7 +198,10 @@ async def execute_async(worker: WorkerFunction, context: TaskContext) -> Outcome
             return _failure(context, FAILED, error, "exception", started)
         return _success(context, value, started)
     finally:
-        _current.reset(token)
+        # A coroutine closed by the garbage collector (after shutdown stopped the loop) runs
+        # this in another context, where the token is not valid: nothing to restore there.
+        with contextlib.suppress(ValueError):
+            _current.reset(token)
 
 
 def _success(context: TaskContext, value: object, started: float) -> Outcome:

@@ -200,14 +200,18 @@ class TaskRunner:
 
         Waits at most `timeout` seconds (default: shutdown_grace_seconds). Returns True when
         every task finished and every result was delivered. Idempotent and thread-safe.
-        Called from inside a worker function, it cannot wait for the task that called it: the
-        shutdown then proceeds in the background and the call returns False at once.
+        Called from a thread the shutdown has to wait for (inside a worker function, or an
+        on_undelivered hook), it cannot wait for itself: the shutdown then proceeds in the
+        background and the call returns False at once.
         """
         grace = self.shutdown_grace_seconds if timeout is None else _grace(timeout, "timeout")
         if self._shutdown_owner is threading.current_thread():
             return False  # called again during this shutdown, e.g. from on_undelivered
-        if current_task_context() is not None or (
-            self._loop is not None and self._loop.is_current_thread()
+        if (
+            current_task_context() is not None
+            or (self._loop is not None and self._loop.is_current_thread())
+            or self._pool.is_pool_thread()
+            or self._redelivery.is_current_thread()
         ):
             threading.Thread(
                 target=self._shutdown, args=(grace,), name="conductor-shutdown", daemon=True

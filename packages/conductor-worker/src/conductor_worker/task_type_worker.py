@@ -354,6 +354,13 @@ class TaskTypeWorker:
                 started = time.perf_counter()
                 try:
                     outcome = await execute_async(self.function, context)
+                except GeneratorExit:
+                    if not loop.loop.is_running():
+                        # Closed after shutdown stopped the loop (the task outlived the grace
+                        # period): nothing reports it now; the server times it out and retries
+                        # it, as shutdown logged. Delivering here could hang interpreter exit.
+                        raise
+                    outcome = _escaped(task, GeneratorExit(), started)
                 except BaseException as error:  # cancellation at exit, SystemExit
                     outcome = _escaped(task, error, started)
                 self._end(task, lease, outcome)
@@ -428,7 +435,15 @@ class TaskTypeWorker:
             self._report_malformed(following)
             return None
         if self._stopping or self.runner._closed:  # shutdown began while we reported
-            self._hand_back(following, "the runner is stopping")
+            with self._cond:
+                running_here = (following.task_id or "") in self._running
+            if running_here:  # a copy of a task running here: handing it back would free it
+                log.warning(
+                    "task %s (workflow %s) handed out again while it runs here; ignored",
+                    following.task_id, following.workflow_instance_id,
+                )  # fmt: skip
+            else:
+                self._hand_back(following, "the runner is stopping")
             return None
         admitted = self._admit([following])
         return admitted[0] if admitted else None
