@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 import urllib3
 
-from conductor_client.models import StartWorkflowRequest, Task, TaskStatus, WorkflowStatus
+from conductor_client.models import StartWorkflowRequest, WorkflowStatus
 from conductor_worker import ConductorClient
 from examples import definitions
 
@@ -187,12 +187,18 @@ def test_sigterm_drains_tasks_in_flight(
     ]
     conductor.workflow_ids.extend(ids)
     cli = start_cli()
+    metrics_url = cli.wait_for_output(r"metrics at (http://\S+)").group(1)
 
-    def running(task: Task) -> bool:
-        return task.status is TaskStatus.IN_PROGRESS
+    # Polled (IN_PROGRESS on the server) is not yet running: a task still between the poll and
+    # its worker is handed back at shutdown. The in-flight gauge counts tasks given a slot.
+    def all_in_flight() -> bool:
+        metrics = urllib3.request("GET", metrics_url, timeout=5.0).data.decode()
+        found = re.search(
+            rf'^task_in_flight\{{taskType="{definitions.ASYNC_TASK}"\}} (\S+)$', metrics, re.M
+        )
+        return found is not None and float(found.group(1)) == len(ids)
 
-    for workflow_id in ids:
-        conductor.wait_for_task(workflow_id, running, timeout=30, what="IN_PROGRESS")
+    conductor.wait_until(all_in_flight, timeout=30, message="not all five tasks in flight")
     signalled_ms = int(time.time() * 1000)
 
     assert cli.terminate() == 0, cli.output()
