@@ -224,7 +224,6 @@ class TaskTypeWorker:
         back rather than run by the wrong function.
         """
         admitted: list[Task] = []
-        seen: set[str] = set()
         for task in tasks:
             task_id = task.task_id or ""
             if task.task_type not in (None, self.task_type):
@@ -233,7 +232,7 @@ class TaskTypeWorker:
             with self._cond:
                 # Recorded at once, not when the function starts: a copy handed out in
                 # between must find it.
-                duplicate = task_id in seen or task_id in self._running
+                duplicate = task_id in self._running  # also a task listed twice in one batch
                 if not duplicate:
                     self._running[task_id] = task.workflow_instance_id or ""
             if duplicate:
@@ -242,7 +241,6 @@ class TaskTypeWorker:
                     task_id, task.workflow_instance_id,
                 )  # fmt: skip
                 continue
-            seen.add(task_id)
             admitted.append(task)
         return admitted
 
@@ -434,18 +432,13 @@ class TaskTypeWorker:
         if isinstance(following, MalformedTask):
             self._report_malformed(following)
             return None
-        if self._stopping or self.runner._closed:  # shutdown began while we reported
-            with self._cond:
-                running_here = (following.task_id or "") in self._running
-            if running_here:  # a copy of a task running here: handing it back would free it
-                log.warning(
-                    "task %s (workflow %s) handed out again while it runs here; ignored",
-                    following.task_id, following.workflow_instance_id,
-                )  # fmt: skip
-            else:
-                self._hand_back(following, "the runner is stopping")
-            return None
+        # Admitted first: a copy of a task running here is ignored even while stopping
+        # (handing it back would free it on the server).
         admitted = self._admit([following])
+        if admitted and (self._stopping or self.runner._closed):  # shutdown began meanwhile
+            self._forget(following)
+            self._hand_back(following, "the runner is stopping")
+            return None
         return admitted[0] if admitted else None
 
     def _encode(self, outcome: Outcome) -> bytes:
