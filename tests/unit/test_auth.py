@@ -13,6 +13,7 @@ import pytest
 import conductor_client as cc
 from conductor_client.auth import (
     TOKEN_HEADER,
+    TOKEN_RENEWALS_PER_CALL,
     AuthenticatingApiClient,
     AuthenticationError,
     TokenProvider,
@@ -200,14 +201,26 @@ def test_retried_post_resends_the_same_body(server, make_client) -> None:
     assert json.loads(posts[1].body)["taskId"] == TASK_ID
 
 
-def test_a_second_rejection_is_not_retried_again(server, make_client) -> None:
+def test_a_renewed_token_rejected_too_is_renewed_again(server, make_client) -> None:
+    # A renewed token can expire before the resent call lands (short-lived tokens, busy machine).
     tasks = cc.TaskApi(make_client(server))
     server.fail_next(401, count=2, body={"error": "EXPIRED_TOKEN"}, path=TASK_PATH)
 
+    assert tasks.get_task(TASK_ID).task_id == TASK_ID
+    assert server.token_issue_count == 3
+    requests = task_requests(server)
+    assert [status for status, _ in requests] == [401, 401, 200]
+    assert [token for _, token in requests] == server.issued_tokens
+
+
+def test_renewals_per_call_are_bounded(server, make_client) -> None:
+    tasks = cc.TaskApi(make_client(server))
+    server.fail_next(401, count=10, body={"error": "INVALID_TOKEN"}, path=TASK_PATH)
+
     with pytest.raises(UnauthorizedException):
         tasks.get_task(TASK_ID)
-    assert server.token_issue_count == 2  # the first token and exactly one replacement
-    assert [status for status, _ in task_requests(server)] == [401, 401]
+    assert server.token_issue_count == 1 + TOKEN_RENEWALS_PER_CALL
+    assert len(task_requests(server)) == 1 + TOKEN_RENEWALS_PER_CALL
 
 
 @pytest.mark.parametrize(

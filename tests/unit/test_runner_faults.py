@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from conductor_client.auth import TOKEN_RENEWALS_PER_CALL
 from conductor_worker import (
     AuthenticationSettings,
     RunnerState,
@@ -280,6 +281,45 @@ def test_expired_and_revoked_tokens_are_renewed_without_a_failed_call(
         assert 401 in statuses(fake, POLL_PATH)
         assert fake.token_issue_count >= 3  # the first, at least one renewal, after the revocation
         assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert_doubled_exactly_once(fake, numbers)
+
+
+@pytest.mark.parametrize(
+    ("answer", "retried"),
+    [
+        pytest.param({"error": "EXPIRED_TOKEN"}, True, id="renewed-token-expired-too"),
+        pytest.param({"message": "not allowed"}, False, id="other-401-is-final"),
+    ],
+)
+def test_a_token_rejected_after_renewal_is_retried_later(
+    caplog: pytest.LogCaptureFixture, answer: dict[str, str], retried: bool
+) -> None:
+    # Short-lived tokens on a slow machine: a renewed token can expire before the call it was
+    # fetched for lands. Rejections beyond what one call renews must not lose the result (the
+    # next delivery attempt renews again); other 401s are final.
+    caplog.set_level(logging.ERROR, logger="conductor_worker")
+    sends = 1 + TOKEN_RENEWALS_PER_CALL  # one call: its token renewed and the call resent
+    with FakeConductorServer(auth_enabled=True, key_id=KEY_ID, key_secret=KEY_SECRET) as fake:
+        fault = fake.inject(UPDATES, FakeResponse.json(401, answer), count=sends)
+        numbers = add_numbers(fake, 1)
+        (task_id,) = numbers
+        auth = AuthenticationSettings(KEY_ID, KEY_SECRET)
+        with running(fake, auth=auth, max_attempts=3) as run:
+            if retried:
+                fake.wait_for_results(numbers)
+                assert run.stop()
+                assert run.undelivered == []
+                assert run.metric("task_update_error_total") == 1
+                assert [r.getMessage() for r in caplog.records] == []
+            else:
+                wait_until(lambda: run.undelivered)
+                ((item, error),) = run.undelivered
+                assert (item.task_id, item.attempts) == (task_id, 1)
+                assert "401" in error
+                assert "not allowed" in error
+        assert fault.hits == (sends if retried else 1)
+        assert fake.token_issue_count == (sends if retried else 1)
+    if retried:
         assert_doubled_exactly_once(fake, numbers)
 
 

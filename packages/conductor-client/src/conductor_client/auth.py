@@ -9,7 +9,8 @@ application's key id and secret. The OSS server has no authentication and answer
   lets concurrent callers share one in-flight refresh.
 * :class:`AuthenticatingApiClient` is a drop-in :class:`~conductor_client.api_client.ApiClient`
   that adds the header to every call and, when the server says the token expired or is invalid
-  (401/403 with ``EXPIRED_TOKEN``/``INVALID_TOKEN``), gets a new one and retries that call once.
+  (401/403 with ``EXPIRED_TOKEN``/``INVALID_TOKEN``), gets a new one and resends that call (at
+  most :data:`TOKEN_RENEWALS_PER_CALL` times).
 * :func:`authenticated_api_client` builds one from a host URL and credentials.
 * :class:`AuthenticationError` is raised when no token can be had (wrong credentials, server
   error, unreachable server). Its message never contains the secret or a token, and neither does
@@ -47,6 +48,7 @@ from conductor_client.exceptions import ApiException, OpenApiException
 
 __all__ = [
     "TOKEN_HEADER",
+    "TOKEN_RENEWALS_PER_CALL",
     "AuthenticatingApiClient",
     "AuthenticationError",
     "TokenOptions",
@@ -59,6 +61,11 @@ logger = logging.getLogger(__name__)
 
 TOKEN_HEADER: Final = "X-Authorization"
 """The request header that carries the token (its value is the bare JWT, no ``Bearer``)."""
+
+TOKEN_RENEWALS_PER_CALL: Final = 2
+"""How many times one call is resent with a renewed token after the server rejects its token.
+More than one: with short-lived tokens on a busy machine, a renewed token (perhaps fetched by
+another thread a while ago) can expire before the resent call lands."""
 
 _TOKEN_ERRORS: Final = ("EXPIRED_TOKEN", "INVALID_TOKEN")
 _TOKEN_REJECTION_STATUSES: Final = (401, 403)
@@ -404,8 +411,9 @@ class AuthenticatingApiClient(ApiClient):
 
     Every call carries ``X-Authorization: <token>`` (no header at all when the server has no
     authentication). When the server answers 401 or 403 saying the token expired or is
-    invalid, a new token is fetched and the call is retried once; a second rejection reaches
-    the caller as the usual ``UnauthorizedException``/``ForbiddenException``. The header is
+    invalid, a new token is fetched and the call is resent, up to
+    :data:`TOKEN_RENEWALS_PER_CALL` times; a rejection beyond that reaches the caller as the
+    usual ``UnauthorizedException``/``ForbiddenException``. The header is
     always the provider's: an ``X-Authorization`` passed in ``_headers`` is replaced.
 
     :param configuration: as for ``ApiClient``; its ``host`` is also where the token comes from.
@@ -461,19 +469,20 @@ class AuthenticatingApiClient(ApiClient):
 
         token = self._token_provider.get_token()
         response = send(token)
-        if token is None:
-            return response
-        rejection = token_rejection(response)
-        if rejection is None:
-            return response
-        logger.info(
-            "%s %s: the server rejected the token (%s); getting a new one and retrying once",
-            method,
-            _path_of(url),
-            rejection,
-        )
-        self._token_provider.invalidate(token)
-        return send(self._token_provider.get_token())
+        for _ in range(TOKEN_RENEWALS_PER_CALL):
+            rejection = None if token is None else token_rejection(response)
+            if token is None or rejection is None:
+                return response
+            logger.info(
+                "%s %s: the server rejected the token (%s); getting a new one and retrying",
+                method,
+                _path_of(url),
+                rejection,
+            )
+            self._token_provider.invalidate(token)
+            token = self._token_provider.get_token()
+            response = send(token)
+        return response
 
 
 def authenticated_api_client(

@@ -21,6 +21,7 @@ from urllib3.exceptions import ClosedPoolError
 
 from conductor_client.auth import (
     TOKEN_HEADER,
+    TOKEN_RENEWALS_PER_CALL,
     AuthenticatingApiClient,
     AuthenticationError,
     TokenProvider,
@@ -41,7 +42,8 @@ class ServerError(ConductorWorkerError):
 
     kind: a short label for metrics and logs: "timeout", "connection", "http_<status>",
         "malformed_response".
-    retryable: whether the same call may succeed if tried again (network trouble, 5xx, 429).
+    retryable: whether the same call may succeed if tried again (network trouble, 5xx, 429, a
+        token rejected even after renewal).
     """
 
     def __init__(
@@ -222,11 +224,19 @@ class Transport:
         text = response.data[:500].decode("utf-8", "replace")
         if token:  # a proxy's error page may echo the request headers
             text = text.replace(token, "***")
+        # A token rejected even after renewal (e.g. the new one expired before the retry
+        # landed, on a slow machine with short-lived tokens) is worth another try later: the
+        # next attempt renews it again. Other 401/403s are final.
+        token_rejected = (
+            token is not None
+            and status in (401, 403)
+            and token_rejection(_Buffered(status, response.data)) is not None
+        )
         raise ServerError(
             f"{method} {path}: HTTP {status}: {text}",
             kind=f"http_{status}",
             status=status,
-            retryable=status in RETRYABLE_STATUSES,
+            retryable=status in RETRYABLE_STATUSES or token_rejected,
         )
 
     def _send(
@@ -245,17 +255,19 @@ class Transport:
         if token is not None:
             headers = {**headers, TOKEN_HEADER: token}
         response = self._open(method, path, headers, body, timeout)
-        if token is None or response.status not in (401, 403):
-            return response, token
-        if token_rejection(_Buffered(response.status, response.data)) is None:
-            return response, token
-        # The token expired or was revoked: one new token, one retry (as the generated
-        # client does through AuthenticatingApiClient).
-        provider.invalidate(token)
-        token = provider.get_token()
-        if token is not None:
-            headers = {**headers, TOKEN_HEADER: token}
-        return self._open(method, path, headers, body, timeout), token
+        # The token expired or was revoked: renew it and resend, as the generated client does
+        # through AuthenticatingApiClient.
+        for _ in range(TOKEN_RENEWALS_PER_CALL):
+            if token is None or response.status not in (401, 403):
+                break
+            if token_rejection(_Buffered(response.status, response.data)) is None:
+                break
+            provider.invalidate(token)
+            token = provider.get_token()
+            if token is not None:
+                headers = {**headers, TOKEN_HEADER: token}
+            response = self._open(method, path, headers, body, timeout)
+        return response, token
 
     def _open(
         self,
