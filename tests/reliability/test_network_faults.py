@@ -10,7 +10,7 @@ records, read directly (never through the proxy):
 * every workflow COMPLETED;
 * no result lost: for every task the last attempt is COMPLETED and carries the output our
   worker made for that very attempt; earlier attempts ended FAILED or TIMED_OUT and were
-  retried by the server within retryCount;
+  retried by the server within retryCount (tests/reliability/attempts.py has the details);
 * the runner's on_undelivered hook was never called and its shutdown was clean;
 * the faults really happened: the proxy's counters, and the runner's poll/update error metrics.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +45,7 @@ from conductor_worker import (
 )
 from tests.fakes.proxy import FaultProxy, ProxyCounters
 from tests.integration.conftest import Conductor, describe_workflow
+from tests.reliability.attempts import AttemptCounts, audit_attempts
 from tests.reliability.two_task_workflow import two_task_workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -90,10 +90,7 @@ class Run:
     executed: dict[str, dict[str, Any]]  # task id -> the output our worker made for it
     undelivered: list[tuple[str, str]]  # (task id, last error) handed to on_undelivered
     clean_shutdown: bool
-    attempts: int = 0  # task attempts the server made
-    retried: int = 0  # attempts the server retried (FAILED or TIMED_OUT)
-    superseded: int = 0  # ... of them, attempts our worker had finished (its result was late)
-    by_attempt: dict[str, list[str]] = field(default_factory=dict)
+    counts: AttemptCounts = field(default_factory=AttemptCounts)
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a metric's samples over both task types (and any other labels)."""
@@ -115,8 +112,7 @@ class Run:
     def summary(self, fault: str) -> str:
         return (
             f"\n{fault}: {len(self.workflows)} workflows COMPLETED in {self.seconds:.1f}s; "
-            f"{self.attempts} task attempts, {self.retried} retried by the server "
-            f"({self.superseded} after our result came too late); "
+            f"{self.counts}; "
             f"poll errors {self.poll_errors:.0f}, update errors {self.update_errors:.0f}; "
             f"0 results lost\n  proxy: {self.counters}"
         )
@@ -241,27 +237,7 @@ def audit(run: Run) -> None:
     ]
     assert not_completed == [], not_completed
     for wf in run.workflows:
-        by_ref: dict[str, list[Task]] = defaultdict(list)
-        for task in wf.tasks or []:
-            by_ref[task.reference_task_name or ""].append(task)
-        assert sorted(by_ref) == sorted(run.task_types), describe_workflow(wf)
-        for ref, tries in by_ref.items():
-            tries.sort(key=lambda t: t.seq or 0)
-            run.attempts += len(tries)
-            run.retried += len(tries) - 1
-            assert len(tries) <= RETRY_COUNT + 1, describe_workflow(wf)
-            *earlier, last = tries
-            assert last.status is TaskStatus.COMPLETED, describe_workflow(wf)
-            for failed in earlier:
-                assert failed.status in (TaskStatus.FAILED, TaskStatus.TIMED_OUT), (
-                    f"{ref}: attempt {failed.task_id} is {failed.status} but was retried: "
-                    + describe_workflow(wf)
-                )
-                if failed.task_id in run.executed:
-                    run.superseded += 1
-            # The output our worker made for this very attempt: not lost, not another's.
-            assert last.task_id in run.executed, describe_workflow(wf)
-            assert last.output_data == run.executed[last.task_id or ""], describe_workflow(wf)
+        audit_attempts(wf, run.task_types, run.executed, RETRY_COUNT, run.counts)
 
 
 def api_path_of(conductor_url: str) -> str:

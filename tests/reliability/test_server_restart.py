@@ -4,9 +4,10 @@ A dedicated real server (its own SQLite file and a fixed port, so it can be star
 same data; never the session's server) runs 30 workflows of two tasks (one sync worker, one
 async) while a TaskRunner works on them. Part-way through, the server is killed with SIGKILL and
 started again. Nobody touches the runner: it must reconnect by itself, and every workflow must
-complete. Then the server's own records are audited: every task attempt ended COMPLETED with the
-output our worker produced for that very attempt, or FAILED/TIMED_OUT and was retried within the
-definition's retryCount, and no result was handed to on_undelivered.
+complete. Then the server's own records are audited (tests/reliability/attempts.py): every task
+attempt ended COMPLETED with the output our worker produced for that very attempt, or
+FAILED/TIMED_OUT and was retried within the definition's retryCount, and no result was handed to
+on_undelivered.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from conductor_client.models import TaskStatus, WorkflowStatus
+from conductor_client.models import WorkflowStatus
 from conductor_worker import (
     ConductorClient,
     HttpSettings,
@@ -40,6 +40,7 @@ from conductor_worker import (
 )
 from tests.conftest import REPO_ROOT, server_required
 from tests.integration.conftest import Conductor, describe_workflow
+from tests.reliability.attempts import AttemptCounts, audit_attempts
 from tests.reliability.two_task_workflow import two_task_workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -219,13 +220,14 @@ def test_workers_survive_a_server_kill_and_restart_on_the_same_data(
     )
 
     lock = threading.Lock()
-    finished: dict[str, str] = {}  # task id -> task type, for every execution that returned
+    finished: dict[str, dict[str, Any]] = {}  # task id -> the output our worker made for it
     undelivered: list[tuple[PendingResult, str]] = []
 
     def record(task: Task) -> dict[str, Any]:
+        output = {"taskId": task.task_id, "workflowId": task.workflow_instance_id}
         with lock:
-            finished[task.task_id or ""] = task.task_def_name or ""
-        return {"taskId": task.task_id, "workflowId": task.workflow_instance_id}
+            finished[task.task_id or ""] = output
+        return output
 
     def sync_worker(task: Task) -> dict[str, Any]:
         time.sleep(TASK_SECONDS)
@@ -279,38 +281,12 @@ def test_workers_survive_a_server_kill_and_restart_on_the_same_data(
     assert not_completed == [], not_completed
 
     # The audit, from the server's own records.
-    attempts = 0
-    retried = 0
-    superseded = 0  # results that arrived after the server had timed the attempt out
+    counts = AttemptCounts()
     for wf in done:
-        by_ref: dict[str, list[Task]] = defaultdict(list)
-        for task in wf.tasks or []:
-            by_ref[task.reference_task_name or ""].append(task)
-        assert sorted(by_ref) == sorted([sync_type, async_type]), describe_workflow(wf)
-        for ref, tries in by_ref.items():
-            tries.sort(key=lambda t: t.seq or 0)
-            attempts += len(tries)
-            retried += len(tries) - 1
-            assert len(tries) <= RETRY_COUNT + 1, describe_workflow(wf)
-            *earlier, last = tries
-            assert last.status is TaskStatus.COMPLETED, describe_workflow(wf)
-            for failed in earlier:
-                assert failed.status in (TaskStatus.FAILED, TaskStatus.TIMED_OUT), (
-                    f"{ref}: attempt {failed.task_id} is {failed.status} but was retried: "
-                    + describe_workflow(wf)
-                )
-                if failed.task_id in finished:
-                    superseded += 1
-            # The output is the one our worker produced for this very attempt: not lost, not
-            # mixed up with another attempt's.
-            assert last.output_data == {"taskId": last.task_id, "workflowId": wf.workflow_id}, (
-                describe_workflow(wf)
-            )
-            assert last.task_id in finished
+        audit_attempts(wf, (sync_type, async_type), finished, RETRY_COUNT, counts)
     print(
         f"{WORKFLOWS} workflows COMPLETED {completed_at - killed_at:.0f}s after the kill; "
-        f"{attempts} task attempts, {retried} retried by the server "
-        f"({superseded} of them after our result came too late), 0 results lost"
+        f"{counts}, 0 results lost"
     )
     with contextlib.suppress(Exception):
         conductor.cleanup()
