@@ -229,6 +229,10 @@ def test_renewals_per_call_are_bounded(server, make_client) -> None:
         (401, {"error": "ACCESS_DENIED", "message": "no permission"}, UnauthorizedException),
         (403, {"message": "Forbidden: missing role"}, ForbiddenException),
         (401, None, UnauthorizedException),
+        # Token words, but not a token a new one would fix (or not a rejection at all).
+        (403, {"message": "Forbidden - invalid token audience"}, ForbiddenException),
+        (401, {"message": "denied: not an expired token issue"}, UnauthorizedException),
+        (401, {"error": "EXPIRED_TOKENS_DISABLED"}, UnauthorizedException),
     ],
 )
 def test_other_401_and_403_are_not_retried(
@@ -257,6 +261,20 @@ def test_token_errors_are_recognized_leniently(server, make_client, body: object
 
     assert tasks.get_task(TASK_ID).task_id == TASK_ID
     assert server.token_issue_count == 2
+
+
+def test_a_token_echoed_in_an_error_body_is_masked(server, make_client) -> None:
+    # A proxy's or server's error page may echo the request headers; the body becomes the
+    # exception's message, which ends up in logs.
+    tasks = cc.TaskApi(make_client(server))
+    assert tasks.get_task(TASK_ID).task_id == TASK_ID
+    (token,) = server.issued_tokens
+    server.fail_next(403, body={"message": f"denied for X-Authorization: {token}"}, path=TASK_PATH)
+
+    with pytest.raises(ForbiddenException) as caught:
+        tasks.get_task(TASK_ID)
+    assert token not in str(caught.value)
+    assert "denied for X-Authorization: ***" in str(caught.value)
 
 
 def test_a_stale_rejection_does_not_refresh_again(server) -> None:

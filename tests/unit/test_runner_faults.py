@@ -40,6 +40,7 @@ from tests.unit.runner_harness import (
     UPDATE_V2_PATH,
     add_numbers,
     assert_doubled_exactly_once,
+    double,
     fast_and_isolated,
     raw_task,
     running,
@@ -323,6 +324,49 @@ def test_a_token_rejected_after_renewal_is_retried_later(
         assert_doubled_exactly_once(fake, numbers)
 
 
+@pytest.mark.parametrize(
+    ("answer", "retried"),
+    [
+        pytest.param(FakeResponse.error(503, "busy"), True, id="token-endpoint-503"),
+        pytest.param(FakeResponse.error(429, "slow down"), True, id="token-endpoint-429"),
+        pytest.param(FakeResponse.text(200, "<html>proxy</html>"), True, id="token-garbled"),
+        pytest.param(FakeResponse.connection_reset(), True, id="token-endpoint-reset"),
+        pytest.param(FakeResponse.error(401, "bad key"), False, id="credentials-refused"),
+    ],
+)
+def test_a_renewal_that_fails_for_a_while_does_not_lose_the_result(
+    caplog: pytest.LogCaptureFixture, answer: FakeResponse, retried: bool
+) -> None:
+    # The server rejects the token of the update; getting a new one fails. Unless the token
+    # endpoint refused the credentials, the next delivery attempt renews again and delivers.
+    caplog.set_level(logging.ERROR, logger="conductor_worker")
+    with FakeConductorServer(auth_enabled=True, key_id=KEY_ID, key_secret=KEY_SECRET) as fake:
+
+        def double_then_break_the_renewal(n: int) -> dict[str, int]:
+            # Now: the first token is in use, and the renewal is still to come.
+            fake.inject("token", answer, count=1)
+            return double(n)
+
+        fake.inject(UPDATES, FakeResponse.json(401, {"error": "EXPIRED_TOKEN"}), count=1)
+        numbers = add_numbers(fake, 1)
+        (task_id,) = numbers
+        auth = AuthenticationSettings(KEY_ID, KEY_SECRET)
+        with running(fake, double_then_break_the_renewal, auth=auth, max_attempts=3) as run:
+            if retried:
+                fake.wait_for_results(numbers)
+                assert run.stop()
+                assert run.undelivered == []
+                assert [r.getMessage() for r in caplog.records] == []
+            else:
+                wait_until(lambda: run.undelivered)
+                ((item, error),) = run.undelivered
+                assert (item.task_id, item.attempts) == (task_id, 1)
+                assert "could not get a token" in error
+                assert "401" in error
+    if retried:
+        assert_doubled_exactly_once(fake, numbers)
+
+
 # -- older servers -------------------------------------------------------------------------------
 
 
@@ -393,6 +437,32 @@ def test_unreadable_poll_answer_is_a_poll_error(response: FakeResponse, label: s
             assert run.poll_errors(label) == 1
             assert run.stop()
         assert_doubled_exactly_once(fake, numbers)
+
+
+@pytest.mark.parametrize(
+    ("answer", "level"),
+    [
+        pytest.param(FakeResponse.error(503, "busy"), logging.WARNING, id="outage-warns"),
+        pytest.param(
+            FakeResponse.json(401, {"error": "INVALID_TOKEN"}), logging.ERROR, id="token-errs"
+        ),
+    ],
+)
+def test_poll_failures_are_logged_by_how_much_attention_they_need(
+    caplog: pytest.LogCaptureFixture, answer: FakeResponse, level: int
+) -> None:
+    # Both are retried; a token the server keeps rejecting after renewals is a configuration
+    # problem someone must look at, a busy server is not.
+    caplog.set_level(logging.WARNING, logger="conductor_worker")
+    with FakeConductorServer(auth_enabled=True, key_id=KEY_ID, key_secret=KEY_SECRET) as fake:
+        fake.inject("poll", answer, count=1 + TOKEN_RENEWALS_PER_CALL)
+        numbers = add_numbers(fake, 1)
+        with running(fake, auth=AuthenticationSettings(KEY_ID, KEY_SECRET)) as run:
+            fake.wait_for_results(numbers)
+            assert run.stop()
+    polls = [(r.levelno, r.getMessage()) for r in caplog.records if "poll for" in r.getMessage()]
+    assert [lvl for lvl, _ in polls if lvl >= logging.WARNING][:1] == [level], polls
+    assert_doubled_exactly_once(fake, numbers)
 
 
 def test_a_web_page_instead_of_the_api_is_logged_with_a_hint(

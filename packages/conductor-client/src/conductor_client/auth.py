@@ -32,6 +32,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,7 +68,10 @@ TOKEN_RENEWALS_PER_CALL: Final = 2
 More than one: with short-lived tokens on a busy machine, a renewed token (perhaps fetched by
 another thread a while ago) can expire before the resent call lands."""
 
-_TOKEN_ERRORS: Final = ("EXPIRED_TOKEN", "INVALID_TOKEN")
+# The codes, as whole phrases: "expired token", "Invalid-Token: ..." count; "invalid token
+# audience" (renewal would not help) and "not an expired token issue" do not.
+_TOKEN_ERROR_PATTERN: Final = re.compile(r"(?<![A-Z0-9])(EXPIRED_TOKEN|INVALID_TOKEN)(?!_?[A-Z0-9])")
+_SEPARATORS: Final = re.compile(r"[\s_-]+")
 _TOKEN_REJECTION_STATUSES: Final = (401, 403)
 # After a failed proactive refresh (the current token still valid), wait this long before trying
 # again, so that every call made during the refresh window does not hit /token.
@@ -472,7 +476,7 @@ class AuthenticatingApiClient(ApiClient):
         for _ in range(TOKEN_RENEWALS_PER_CALL):
             rejection = None if token is None else token_rejection(response)
             if token is None or rejection is None:
-                return response
+                return _without_token(response, token)
             logger.info(
                 "%s %s: the server rejected the token (%s); getting a new one and retrying",
                 method,
@@ -482,7 +486,7 @@ class AuthenticatingApiClient(ApiClient):
             self._token_provider.invalidate(token)
             token = self._token_provider.get_token()
             response = send(token)
-        return response
+        return _without_token(response, token)
 
 
 def authenticated_api_client(
@@ -505,6 +509,20 @@ def _with_token(header_params: dict[str, str] | None, token: str | None) -> dict
     return headers
 
 
+def _without_token(response: rest.RESTResponse, token: str | None) -> rest.RESTResponse:
+    """The response, with ``token`` masked in an error body (which ends up in the exception's
+    message): a proxy's or server's error page may echo the request headers."""
+    if token is None or 200 <= response.status <= 299:
+        return response
+    readable: _Response = response
+    data = readable.read()
+    marker = token.encode()
+    if marker in data:
+        # The generated class declares `data` as None until the body has been read.
+        response.data = data.replace(marker, b"***")  # type: ignore[assignment]
+    return response
+
+
 def token_rejection(response: _Response) -> str | None:
     """``EXPIRED_TOKEN``/``INVALID_TOKEN`` when the response rejects the token, else None.
 
@@ -524,11 +542,9 @@ def token_rejection(response: _Response) -> str | None:
     for candidate in candidates:
         if not isinstance(candidate, str):
             continue
-        # Lenient: "EXPIRED_TOKEN", "expired token", "Expired-Token: ..." all count.
-        normalized = candidate.upper().replace(" ", "_").replace("-", "_")
-        for error in _TOKEN_ERRORS:
-            if error in normalized:
-                return error
+        match = _TOKEN_ERROR_PATTERN.search(_SEPARATORS.sub("_", candidate.upper()))
+        if match is not None:
+            return match.group(1)
     return None
 
 

@@ -178,8 +178,10 @@ class TaskTypeWorker:
                 now = time.monotonic()
                 if failures == 1 or now >= remind_at:
                     remind_at = now + FAILURE_REMINDER_SECONDS
+                    # A rejected token is retried too, but needs someone's attention.
+                    serious = not error.retryable or error.status in (401, 403)
                     log.log(
-                        logging.WARNING if error.retryable else logging.ERROR,
+                        logging.ERROR if serious else logging.WARNING,
                         "poll for %r failed%s: %s; retrying",
                         self.task_type,
                         f" ({failures} times in a row)" if failures > 1 else "",

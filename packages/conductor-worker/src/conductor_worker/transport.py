@@ -194,11 +194,18 @@ class Transport:
         try:
             response, token = self._send(method, path, headers, body, timeout)
         except AuthenticationError as error:
+            # Final only when the token endpoint refused the request (wrong key or secret, a
+            # bad URL); unreachable, overloaded (5xx, 408, 429) or answering nonsense: try again.
+            refused = (
+                error.status is not None
+                and 400 <= error.status < 500
+                and error.status not in RETRYABLE_STATUSES
+            )
             raise ServerError(
                 f"{method} {path}: {error}",
                 kind="auth",
                 status=error.status,
-                retryable=error.status is None or error.status >= 500,
+                retryable=not refused,
             ) from None
         except urllib3.exceptions.HTTPError as error:
             # With the pool's Retry(total=0), a failed GET comes wrapped in MaxRetryError (a
